@@ -1,0 +1,1 @@
+"""The pure core: bytes in, typed reports out. No sockets, no asyncio, no database."""

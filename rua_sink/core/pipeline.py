@@ -1,0 +1,147 @@
+"""The core's entry points: a message (or a bare report file) in, events out.
+
+``parse_message`` consumes a message as an iterable of byte chunks, exactly as SMTP
+delivers it, and yields :data:`~rua_sink.core.model.Event` values as it goes:
+
+- one ``MessageInfo`` when the top-level header block has been read;
+- per aggregate report: ``AggregateReport``, then each ``Record``, then ``AggregateEnd``;
+- per TLS report: one ``TlsReport``; per ARF report: one ``FailureReport``;
+- ``PartFailed`` for a report-like part that could not be unpacked or parsed.
+
+Errors about a part are values (``PartFailed``), so the other parts of the message
+still count. Errors about the message as a whole (size, structure) are raised, and a
+message with nothing report-like in it raises ``NotAReport`` at its end.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import IO
+
+from .aggregate import parse_aggregate
+from .errors import MessageTooLarge, NotAReport, RuaSinkError, UnknownFormat
+from .failure import parse_feedback
+from .limits import Limits
+from .mime import CapturedPart, FailedPart, MimeWalker, SpooledPart, SpoolFactory, WalkResult
+from .model import Event, MessageInfo, PartFailed, PartInfo
+from .sniff import Kind, sniff
+from .tlsrpt import parse_tlsrpt
+from .unpack import CHUNK, Payload, file_chunks, payloads
+
+DEFAULT_LIMITS = Limits()
+
+
+def default_spool(memory_bytes: int) -> IO[bytes]:
+    """A temporary file that stays in memory up to ``memory_bytes``."""
+    return tempfile.SpooledTemporaryFile(max_size=memory_bytes)  # noqa: SIM115
+
+
+def parse_message(
+    chunks: Iterable[bytes],
+    limits: Limits = DEFAULT_LIMITS,
+    spool: SpoolFactory = default_spool,
+) -> Iterator[Event]:
+    walker = MimeWalker(limits, spool)
+    feedback: list[CapturedPart] = []
+    original: list[CapturedPart] = []
+
+    def handle(items: list[WalkResult]) -> Iterator[Event]:
+        for item in items:
+            if isinstance(item, MessageInfo):
+                yield item
+            elif isinstance(item, SpooledPart):
+                yield from parse_part(item.file, item.info, limits, spool)
+            elif isinstance(item, FailedPart):
+                yield PartFailed(item.info, item.error)
+            elif item.kind == "feedback-report":
+                feedback.append(item)
+            else:
+                original.append(item)
+
+    for chunk in chunks:
+        yield from handle(walker.feed(chunk))
+    yield from handle(walker.close())
+    # RFC 5965 2: one feedback report per ARF message; its reported message follows it.
+    headers = original[0].data if original else None
+    for part in feedback:
+        yield parse_feedback(part.data, part.info, headers)
+    if walker.report_like_parts == 0 and not feedback:
+        raise NotAReport("the message has no report-like part")
+
+
+def parse_part(
+    file: IO[bytes], info: PartInfo, limits: Limits, spool: SpoolFactory
+) -> Iterator[Event]:
+    """Every report in one decoded part; failures become ``PartFailed`` values."""
+    try:
+        layers = payloads(file, info, limits, spool)
+        while True:
+            try:
+                payload = next(layers)
+            except StopIteration:
+                break
+            except RuaSinkError as exc:
+                yield PartFailed(info, exc)
+                break
+            try:
+                yield from _documents(payload, limits)
+            except RuaSinkError as exc:
+                yield PartFailed(payload.info, exc)
+    finally:
+        file.close()
+
+
+def _documents(payload: Payload, limits: Limits) -> Iterator[Event]:
+    if payload.kind is Kind.XML:
+        yield from parse_aggregate(payload.chunks, payload.info, limits)
+    elif payload.kind is Kind.JSON:
+        yield parse_tlsrpt(payload.chunks, payload.info, limits)
+    else:
+        raise UnknownFormat("payload is neither XML, JSON, gzip, zlib nor zip")
+
+
+def is_bare_report(head: bytes) -> bool:
+    """Whether a file holds a report itself (XML, JSON, an archive) rather than a message."""
+    return sniff(head) is not Kind.UNKNOWN
+
+
+def parse_file(
+    path: Path, limits: Limits = DEFAULT_LIMITS, spool: SpoolFactory = default_spool
+) -> Iterator[Event]:
+    """A message (.eml) or a bare report file (.xml, .xml.gz, .zip, .zlib, .json)."""
+    with path.open("rb") as file:
+        size = path.stat().st_size
+        if size > limits.max_message_bytes:
+            raise MessageTooLarge(size, limits.max_message_bytes)
+        head = file.read(64)
+        file.seek(0)
+        if not is_bare_report(head):
+            yield from parse_message(file_chunks(file, CHUNK), limits, spool)
+            return
+        info = PartInfo(index=1, filename=path.name)
+        # parse_part closes what it is given; keep the caller's file open until here.
+        yield from parse_part(_Unclosable(file), info, limits, spool)
+
+
+class _Unclosable:
+    """Delegates to a file but leaves closing to its owner."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self._file = file
+
+    def read(self, size: int = -1) -> bytes:
+        return self._file.read(size)
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._file.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._file.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,116 @@
+"""A byte filter in front of the XML parser: refuse DTDs, repair what reporters break.
+
+Repairs are deterministic and local, and each one is named so that the report can be
+marked ``repaired`` with the list (SPEC.md I.64):
+
+- ``unescaped_ampersand``: ``&`` that does not start one of the five predefined
+  entities or a character reference becomes ``&amp;`` (``AT&T``). Named entities other
+  than the predefined five would need a DTD, which is refused, so they are text too.
+- ``unescaped_lt``: ``<`` not followed by a name, ``/``, ``?`` or ``!`` becomes ``&lt;``.
+- ``invalid_utf8``: bytes that are not UTF-8 in a document that is (declared, or by
+  default) are replaced with U+FFFD.
+- ``control_characters``: characters XML 1.0 2.2 forbids are removed.
+
+A ``<!DOCTYPE`` anywhere is refused (ForbiddenXml): RFC 9990 8.1, no DTD means no
+external entities (XXE) and no entity expansion (billion laughs). The parser is also
+configured to resolve nothing; this is the first of two locks.
+"""
+
+from __future__ import annotations
+
+import re
+
+from .errors import ForbiddenXml
+
+_AMP = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos|#[0-9]{1,7}|#x[0-9A-Fa-f]{1,6});)")
+_LT = re.compile(rb"<(?![A-Za-z_:/?!\x80-\xff])")
+_CTRL = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_NEEDS_FIX = re.compile(b"|".join((_AMP.pattern, _LT.pattern, _CTRL.pattern)))
+_DECL = re.compile(rb"^<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._\-]+)[\"']")
+_BOM = b"\xef\xbb\xbf"
+# Longest construct that must not be split between chunks: "&#x10FFFF;".
+_CARRY = 12
+
+
+class XmlCleaner:
+    """Feed chunks in order; ``repairs`` lists what was changed, first occurrence each."""
+
+    def __init__(self) -> None:
+        self.repairs: list[str] = []
+        self._started = False
+        self._check_utf8 = True
+        self._carry = b""
+
+    def _note(self, repair: str) -> None:
+        if repair not in self.repairs:
+            self.repairs.append(repair)
+
+    def feed(self, chunk: bytes) -> bytes:
+        data = self._carry + chunk
+        if not self._started:
+            if len(data) < 256 and chunk:
+                self._carry = data
+                return b""
+            data = self._start(data)
+        cut = self._safe_cut(data)
+        self._carry = data[cut:]
+        return self._clean(data[:cut])
+
+    def flush(self) -> bytes:
+        data, self._carry = self._carry, b""
+        if not self._started:
+            data = self._start(data)
+        return self._clean(data)
+
+    def _start(self, data: bytes) -> bytes:
+        self._started = True
+        if data.startswith(_BOM):
+            data = data[3:]
+        # Whitespace before the declaration is a fatal error in XML 2.8; drop it.
+        data = data.lstrip(b" \t\r\n")
+        m = _DECL.match(data)
+        if m and m.group(1).lower().replace(b"_", b"-") not in (b"utf-8", b"utf8", b"us-ascii"):
+            self._check_utf8 = False  # lxml decodes the declared encoding itself
+        return data
+
+    def _safe_cut(self, data: bytes) -> int:
+        """Where to split so no reference, tag opening or UTF-8 sequence is cut."""
+        n = len(data)
+        cut = n
+        tail_start = max(0, n - _CARRY)
+        for mark in (b"&", b"<"):
+            at = data.rfind(mark, tail_start)
+            if at >= 0:
+                cut = min(cut, at)
+        # Back up over an incomplete UTF-8 sequence (at most 3 continuation bytes).
+        i = n - 1
+        while i >= 0 and i >= n - 4 and data[i] & 0xC0 == 0x80:
+            i -= 1
+        if i >= 0 and data[i] >= 0xC0:
+            cut = min(cut, i)
+        return cut  # "<!DOCTYPE" is shorter than _CARRY, so it is never split either
+
+    def _clean(self, data: bytes) -> bytes:
+        if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+            raise ForbiddenXml("DTDs and entity declarations are not accepted")
+        if _NEEDS_FIX.search(data):
+            data = self._repair(data)
+        if self._check_utf8:
+            try:
+                data.decode("utf-8")
+            except UnicodeDecodeError:
+                self._note("invalid_utf8")
+                data = data.decode("utf-8", "replace").encode("utf-8")
+        return data
+
+    def _repair(self, data: bytes) -> bytes:
+        fixed, n = _CTRL.subn(b"", data)
+        if n:
+            self._note("control_characters")
+        fixed, n = _AMP.subn(b"&amp;", fixed)
+        if n:
+            self._note("unescaped_ampersand")
+        fixed, n = _LT.subn(b"&lt;", fixed)
+        if n:
+            self._note("unescaped_lt")
+        return fixed
