@@ -12,7 +12,7 @@ deterministic repairs of ``xmlclean`` is an error, never a source of partial rec
 
 from __future__ import annotations
 
-import ipaddress
+import socket
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +22,7 @@ from lxml import etree
 
 from .errors import (
     InvalidReport,
-    RecordTooLarge,
+    ElementTooLarge,
     TooManyRecords,
     TruncatedXml,
     XmlSyntaxError,
@@ -66,10 +66,20 @@ _RECORD_AT = re.compile(rb"<(?:[A-Za-z_][\w.\-]*:)?record[\s>/]")
 _QUOTES = "\"' \t\r\n"
 
 
+_LOCAL: dict[str, str] = {}
+
+
 def _local(tag: Any) -> str:
+    """Local name of a tag, ``{ns}name`` or ``name`` (SPEC.md C.20: match by local name)."""
+    name = _LOCAL.get(tag)
+    if name is not None:
+        return name
     if not isinstance(tag, str):
         return ""  # entity or comment node
-    return tag.rpartition("}")[2] if tag[:1] == "{" else tag
+    name = tag.rpartition("}")[2]
+    if len(_LOCAL) < 4096:
+        _LOCAL[tag] = name
+    return name
 
 
 def _text(el: Any) -> str | None:
@@ -81,10 +91,23 @@ def _text(el: Any) -> str | None:
     return text or None
 
 
+_domain_cache: dict[str, str | None] = {}
+
+
 def domain(text: str | None) -> str | None:
     """A domain as an A-label, lower case, without the root dot (SPEC.md H.52)."""
     if text is None:
         return None
+    cached = _domain_cache.get(text, "")
+    if cached != "":
+        return cached
+    name = _a_label(text)
+    if len(_domain_cache) < 65536:
+        _domain_cache[text] = name
+    return name
+
+
+def _a_label(text: str) -> str | None:
     name = text.rstrip(".").lower()
     if not name.isascii():
         try:
@@ -102,9 +125,11 @@ def ip_address(text: str) -> str:
     cached = _ip_cache.get(text)
     if cached is not None:
         return cached
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
     try:
-        canonical = str(ipaddress.ip_address(text))
-    except ValueError:
+        # inet_ntop writes RFC 5952 text for IPv6, dotted quads for IPv4.
+        canonical = socket.inet_ntop(family, socket.inet_pton(family, text))
+    except (OSError, ValueError):
         canonical = text
     if len(_ip_cache) < 65536:
         _ip_cache[text] = canonical
@@ -204,58 +229,106 @@ def _enum(table: dict[str, Any], text: str | None) -> Any:
     return table.get(text) or table.get(text.lower()) or text
 
 
-def _record(el: Any) -> Record:
+# Codes of the names inside a <record>, so the walk below does one dict lookup per
+# element (keyed by the full tag, namespace included) instead of name comparisons.
+_SECTION = 0
+(_SOURCE_IP, _COUNT, _DISPOSITION_, _DKIM, _SPF, _REASON, _TYPE, _COMMENT, _HEADER_FROM,
+ _ENVELOPE_FROM, _ENVELOPE_TO, _DOMAIN, _SELECTOR, _RESULT, _HUMAN_RESULT) = range(1, 16)
+_AUTH_SECTION = -1
+_RECORD_CODES = {
+    "row": _SECTION, "policy_evaluated": _SECTION, "identifiers": _SECTION,
+    "identities": _SECTION, "auth_results": _AUTH_SECTION,
+    "source_ip": _SOURCE_IP, "count": _COUNT, "disposition": _DISPOSITION_, "dkim": _DKIM,
+    "spf": _SPF, "reason": _REASON, "type": _TYPE, "comment": _COMMENT,
+    "header_from": _HEADER_FROM, "envelope_from": _ENVELOPE_FROM, "envelope_to": _ENVELOPE_TO,
+    "domain": _DOMAIN, "selector": _SELECTOR, "scope": _SELECTOR, "result": _RESULT,
+    "human_result": _HUMAN_RESULT,
+}
+_TAG_CODES: dict[str, int | None] = {}
+
+
+def _code(tag: Any) -> int | None:
+    code = _RECORD_CODES.get(_local(tag))
+    if isinstance(tag, str) and len(_TAG_CODES) < 4096:
+        _TAG_CODES[tag] = code
+    return code
+
+
+def _record(el: Any, max_depth: int) -> Record:
+    """One <record>, read in a single pre-order walk of its subtree.
+
+    This is the hot path (one call per record), so instead of a nested loop per level
+    it walks ``el.iter()`` once and tracks which container it is in: containers come
+    before their children in document order. Each ``dkim``/``spf`` under
+    ``auth_results`` opens a result whose fields follow it.
+    """
+    codes = _TAG_CODES
+    auth, disp, verdict = _AUTH, _DISPOSITION, _VERDICT  # enum tables, looked up first
     source_ip = count = disposition = dkim = spf = None
     header_from = envelope_from = envelope_to = None
-    reasons: list[OverrideReason] = []
-    dkims: list[DkimAuth] = []
-    spfs: list[SpfAuth] = []
+    reasons: list[list[Any]] = []  # [type, comment]
+    results: list[list[Any]] = []  # [code, domain, selector or scope, result, human_result]
     extensions: list[str] = []
-    for part in el:
-        name = _local(part.tag)
-        if name == "row":
-            for c in part:
-                n = _local(c.tag)
-                if n == "source_ip":
-                    source_ip = _text(c)
-                elif n == "count":
-                    count = _text(c)
-                elif n == "policy_evaluated":
-                    for p in c:
-                        pn = _local(p.tag)
-                        if pn == "disposition":
-                            disposition = _enum(_DISPOSITION, _text(p))
-                        elif pn == "dkim":
-                            dkim = _enum(_VERDICT, _text(p))
-                        elif pn == "spf":
-                            spf = _enum(_VERDICT, _text(p))
-                        elif pn == "reason":
-                            rtype = comment = None
-                            for r in p:
-                                rn = _local(r.tag)
-                                if rn == "type":
-                                    rtype = _enum(_OVERRIDE, _text(r))
-                                elif rn == "comment":
-                                    comment = _text(r)
-                            reasons.append(OverrideReason(rtype, comment))
-        elif name == "identifiers" or name == "identities":  # identities: old drafts
-            for c in part:
-                n = _local(c.tag)
-                if n == "header_from":
-                    header_from = domain(_text(c))
-                elif n == "envelope_from":
-                    envelope_from = domain(_text(c))
-                elif n == "envelope_to":
-                    envelope_to = domain(_text(c))
-        elif name == "auth_results":
-            for a in part:
-                an = _local(a.tag)
-                if an == "dkim":
-                    dkims.append(_dkim(a))
-                elif an == "spf":
-                    spfs.append(_spf(a))
-        elif name:
-            extensions.append(_serialize(part))  # RFC 9990 3.2: record-level <any>
+    current: list[Any] | None = None
+    reason: list[Any] | None = None
+    in_auth = False
+    walk = el.iter()
+    next(walk)  # the record itself
+    for c in walk:
+        tag = c.tag
+        code = codes.get(tag, -2)
+        if code == -2:
+            code = _code(tag)
+        if code is None:
+            if c.getparent() is el and isinstance(tag, str):  # RFC 9990 3.2: <any>
+                _check_depth(c, 3, max_depth)
+                extensions.append(_serialize(c))
+                for _ in c.iterdescendants():
+                    next(walk)
+            continue
+        if code <= 0:
+            in_auth = code == _AUTH_SECTION
+            current = reason = None
+            continue
+        t = c.text
+        if t is not None:
+            t = t.strip(_QUOTES) or None
+        if in_auth:
+            if code == _DKIM or code == _SPF:
+                current = [code, None, None, None, None]
+                results.append(current)
+            elif current is not None:
+                if code == _DOMAIN:
+                    current[1] = domain(t)
+                elif code == _RESULT:
+                    current[3] = auth.get(t) or _enum(_AUTH, t)  # type: ignore[arg-type]
+                elif code == _SELECTOR:
+                    current[2] = t
+                elif code == _HUMAN_RESULT:
+                    current[4] = t
+        elif code == _SOURCE_IP:
+            source_ip = t
+        elif code == _COUNT:
+            count = t
+        elif code == _DISPOSITION_:
+            disposition = disp.get(t) or _enum(_DISPOSITION, t)  # type: ignore[arg-type]
+        elif code == _DKIM:
+            dkim = verdict.get(t) or _enum(_VERDICT, t)  # type: ignore[arg-type]
+        elif code == _SPF:
+            spf = verdict.get(t) or _enum(_VERDICT, t)  # type: ignore[arg-type]
+        elif code == _HEADER_FROM:
+            header_from = domain(t)
+        elif code == _ENVELOPE_FROM:
+            envelope_from = domain(t)
+        elif code == _ENVELOPE_TO:
+            envelope_to = domain(t)
+        elif code == _REASON:
+            reason = [None, None]
+            reasons.append(reason)
+        elif code == _TYPE and reason is not None:
+            reason[0] = _enum(_OVERRIDE, t)
+        elif code == _COMMENT and reason is not None:
+            reason[1] = t
     if source_ip is None:
         raise InvalidReport("record/row/source_ip is missing")
     return Record(
@@ -264,44 +337,18 @@ def _record(el: Any) -> Record:
         disposition=disposition,
         dkim=dkim,
         spf=spf,
-        reasons=tuple(reasons),
+        reasons=tuple(OverrideReason(r[0], r[1]) for r in reasons),
         header_from=header_from,
         envelope_from=envelope_from,
         envelope_to=envelope_to,
-        dkim_results=tuple(dkims),
-        spf_results=tuple(spfs),
+        dkim_results=tuple(
+            DkimAuth(r[1], r[2], r[3], r[4]) for r in results if r[0] == _DKIM
+        ),
+        spf_results=tuple(
+            SpfAuth(r[1], _enum(_SCOPE, r[2]), r[3], r[4]) for r in results if r[0] == _SPF
+        ),
         extensions=tuple(extensions),
     )
-
-
-def _dkim(el: Any) -> DkimAuth:
-    d = sel = res = human = None
-    for c in el:
-        n = _local(c.tag)
-        if n == "domain":
-            d = domain(_text(c))
-        elif n == "selector":
-            sel = _text(c)
-        elif n == "result":
-            res = _enum(_AUTH, _text(c))
-        elif n == "human_result":
-            human = _text(c)
-    return DkimAuth(d, sel, res, human)
-
-
-def _spf(el: Any) -> SpfAuth:
-    d = scope = res = human = None
-    for c in el:
-        n = _local(c.tag)
-        if n == "domain":
-            d = domain(_text(c))
-        elif n == "scope":
-            scope = _enum(_SCOPE, _text(c))
-        elif n == "result":
-            res = _enum(_AUTH, _text(c))
-        elif n == "human_result":
-            human = _text(c)
-    return SpfAuth(d, scope, res, human)
 
 
 # --- the document ----------------------------------------------------------------------
@@ -348,7 +395,7 @@ class _Document:
     def top_level(self, name: str, el: Any) -> Iterator[AggregateEvent]:
         """Handle a finished child of <feedback> (or of a stray wrapper element)."""
         if name == "record":
-            record = _record(el)
+            record = _record(el, self.limits.max_xml_depth)
             self.records += 1
             if self.records > self.limits.max_records:
                 raise TooManyRecords(self.records, self.limits.max_records)
@@ -376,15 +423,27 @@ class _Document:
 
 
 _TOP = frozenset(("record", "report_metadata", "policy_published", "version", "extension"))
+# Names inside the elements above: an element left open with one of these names means
+# the document is broken inside a record or its metadata, not around it.
+_KNOWN = _TOP | frozenset((
+    "feedback", "row", "source_ip", "count", "policy_evaluated", "disposition", "dkim", "spf",
+    "reason", "type", "comment", "identifiers", "identities", "header_from", "envelope_from",
+    "envelope_to", "auth_results", "domain", "selector", "result", "human_result", "scope",
+    "org_name", "email", "extra_contact_info", "report_id", "date_range", "begin", "end",
+    "error", "generator",
+))
+# lxml reports "end" events only for these (any namespace, or none): the parser's C
+# code skips the ~25 other elements of a record, which the record's handler then reads
+# from the finished subtree.
+_EVENT_TAGS = ["{*}feedback", *(f"{{*}}{name}" for name in sorted(_TOP))]
+_FEED = 64 * 1024
+_MISMATCH = re.compile(r"mismatch: (\S+) line \d+ and (\S+)")
 
 
-def parse_aggregate(
-    chunks: Iterator[bytes], info: PartInfo, limits: Limits
-) -> Iterator[AggregateEvent]:
-    """Events of one aggregate report: its head, each record, then its end."""
-    cleaner = XmlCleaner()
-    parser = etree.XMLPullParser(
-        events=("start", "end"),
+def _new_parser() -> Any:
+    return etree.XMLPullParser(
+        events=("end",),
+        tag=_EVENT_TAGS,
         resolve_entities=False,
         no_network=True,
         load_dtd=False,
@@ -392,23 +451,25 @@ def parse_aggregate(
         huge_tree=False,
         remove_comments=True,
         remove_pis=True,
+        remove_blank_text=True,  # indentation: about a third of a record's nodes
         collect_ids=False,
     )
+
+
+def parse_aggregate(
+    chunks: Iterator[bytes], info: PartInfo, limits: Limits
+) -> Iterator[AggregateEvent]:
+    """Events of one aggregate report: its head, each record, then its end."""
+    cleaner = XmlCleaner()
+    parser = _new_parser()
     doc = _Document(info, limits)
-    depth = 0
-    in_record = 0  # depth of the open <record>, 0 if none
-    elements = 0  # elements in the current top-level element
+    root: Any = None
     root_closed = False
-    max_depth = limits.max_xml_depth
-    max_elements = limits.max_record_elements
+    since_top = 0  # bytes fed since a top-level element last ended
     lines_before = 0
-
-    def events(data: bytes) -> Iterator[tuple[str, Any]]:
-        parser.feed(data)
-        return parser.read_events()  # type: ignore[no-any-return]
-
+    max_depth = limits.max_xml_depth
+    max_records = limits.max_records
     stream = iter(chunks)
-    pending: bytes = b""
     final = False
     while not final:
         chunk = next(stream, None)
@@ -419,82 +480,99 @@ def parse_aggregate(
             data = cleaner.feed(chunk)
         if root_closed:
             if data.strip():
-                _note_trailing(cleaner)
+                _note(cleaner, "trailing_content")
             continue
-        pending = data
+        handled = False
         try:
-            for event, el in events(data) if data else ():
-                if event == "start":
-                    depth += 1
-                    elements += 1
-                    if depth > max_depth:
-                        raise XmlTooDeep(depth, max_depth)
-                    if elements > max_elements:
-                        raise RecordTooLarge(elements, max_elements)
-                    if depth == 1:
-                        tag = el.tag
-                        if _local(tag) != "feedback":
-                            raise InvalidReport(f"root element is <{_local(tag)[:40]}>, not <feedback>")
-                        doc.root_ns = tag[1:].partition("}")[0] if tag[:1] == "{" else None
-                    elif not in_record and _local(el.tag) == "record":
-                        in_record = depth
-                    continue
-                depth -= 1
-                if depth == 0:
-                    root_closed = True
-                    continue
-                name = _local(el.tag)
-                if in_record and depth + 1 > in_record:
-                    continue  # inside a record: handled when the record ends
-                if name == "identities":
-                    doc.draft = True
-                if in_record or name in _TOP:
-                    in_record = 0
-                    yield from doc.top_level(name, el)
-                    el.clear()
+            for at in range(0, len(data), _FEED):
+                # Small feeds keep the unread part of the tree in the CPU cache.
+                parser.feed(data[at : at + _FEED])
+                for _event, el in parser.read_events():
+                    if root is None:
+                        root = _check_root(el.getroottree().getroot(), doc)
                     parent = el.getparent()
-                    if parent is not None:
-                        parent.remove(el)
-                    elements = 0
-                elif depth == 1:
+                    if parent is None:
+                        root_closed = True
+                        continue
+                    if parent is not root and (
+                        parent.getparent() is not root or _local(parent.tag) in _KNOWN
+                    ):
+                        continue  # nested inside a record or metadata: read with its parent
+                    name = _local(el.tag)
+                    if name == "record" and doc.head is not None:
+                        # The common case, inlined: one record after the head.
+                        record = _record(el, max_depth)
+                        doc.records += 1
+                        if doc.records > max_records:
+                            raise TooManyRecords(doc.records, max_records)
+                        doc.messages += record.count
+                        yield record
+                    else:
+                        if name == "extension":
+                            _check_depth(el, 2, max_depth)
+                        yield from doc.top_level(name, el)
+                    # Drop what has been read, and any stray siblings before it.
                     el.clear()
-                    el.getparent().remove(el)
-                    elements = 0
-            if final:
-                parser.close()
+                    while (prev := el.getprevious()) is not None:
+                        parent.remove(prev)
+                    parent.remove(el)
+                    handled = True
+            if final and not root_closed:
+                closed = parser.close()
+                if closed is not None:
+                    root = root if root is not None else _check_root(closed, doc)
+                    root_closed = True
         except etree.XMLSyntaxError as exc:
-            if root_closed or _recoverable(exc, parser, doc, in_record, cleaner, pending, stream,
-                                           lines_before):
+            if root_closed or _recoverable(exc, parser, doc, cleaner, data, stream, lines_before):
                 root_closed = True
                 break
-            if final or "Premature end" in str(exc) or exc.code in (5, 73, 77):
+            text = str(exc)
+            if "Excessive depth" in text:
+                raise XmlTooDeep(257, limits.max_xml_depth, f"XML nesting too deep: {exc}") from exc
+            if final or "Premature end" in text or "EndTag" in text:
                 raise TruncatedXml(f"XML document ends early: {exc}") from exc
             raise XmlSyntaxError(f"XML is not well-formed: {exc}") from exc
+        since_top = 0 if handled else since_top + len(data)
+        if since_top > limits.max_element_bytes:
+            raise ElementTooLarge(since_top, limits.max_element_bytes)
         lines_before += data.count(b"\n")
 
     if not root_closed:
         raise TruncatedXml("XML document ends before </feedback>")
-    head = doc.head or doc.make_head()
-    if doc.head is not None and doc.early:
+    if doc.head is None:
+        yield doc.make_head()
         yield from doc.early
-    elif doc.early:
-        yield head
-        yield from doc.early
-    elif doc.records == 0:
-        yield head
-    yield AggregateEnd(head, doc.records, doc.messages, tuple(cleaner.repairs))
+    yield AggregateEnd(doc.head or doc.make_head(), doc.records, doc.messages,
+                       tuple(cleaner.repairs))
 
 
-def _note_trailing(cleaner: XmlCleaner) -> None:
-    if "trailing_content" not in cleaner.repairs:
-        cleaner.repairs.append("trailing_content")
+def _check_root(root: Any, doc: _Document) -> Any:
+    tag = root.tag if isinstance(root.tag, str) else ""
+    if _local(tag) != "feedback":
+        raise InvalidReport(f"root element is <{_local(tag)[:40]}>, not <feedback>")
+    doc.root_ns = tag[1:].partition("}")[0] if tag[:1] == "{" else None
+    return root
+
+
+def _check_depth(el: Any, depth: int, maximum: int) -> None:
+    """Nesting of a subtree kept raw (extensions, unknown elements)."""
+    stack = [(el, depth)]
+    while stack:
+        node, d = stack.pop()
+        if d > maximum:
+            raise XmlTooDeep(d, maximum)
+        stack.extend((child, d + 1) for child in node)
+
+
+def _note(cleaner: XmlCleaner, repair: str) -> None:
+    if repair not in cleaner.repairs:
+        cleaner.repairs.append(repair)
 
 
 def _recoverable(
     exc: etree.XMLSyntaxError,
     parser: Any,
     doc: _Document,
-    in_record: int,
     cleaner: XmlCleaner,
     data: bytes,
     rest: Iterator[bytes],
@@ -504,21 +582,20 @@ def _recoverable(
 
     - an element whose namespace prefix is never declared (a stray ``<xs:schema>``):
       libxml2 reports it only when the document ends, after every event was read;
-    - an element left open before ``</feedback>``: the document is complete if no
-      record is open and no record follows the point of the error.
+    - an element of no DMARC name left open before ``</feedback>``: the document is
+      complete if no record follows the point of the error.
     """
-    errors = list(parser.error_log) if parser is not None else []
-    domains = {e.domain for e in errors}
-    if errors and domains == {etree.ErrorDomains.NAMESPACE}:
-        cleaner.repairs.append("undeclared_namespace_prefix")
+    errors = list(parser.error_log)
+    if errors and {e.domain for e in errors} == {etree.ErrorDomains.NAMESPACE}:
+        _note(cleaner, "undeclared_namespace_prefix")
         return True
-    if in_record or doc.metadata is None or "tag mismatch" not in str(exc):
+    m = _MISMATCH.search(str(exc))
+    if m is None or doc.metadata is None:
         return False
-    if not str(exc).rstrip().split(",")[0].endswith("feedback"):
+    if _local(m.group(2)) != "feedback" or _local(m.group(1).rpartition(":")[2]) in _KNOWN:
         return False
-    line = exc.lineno - lines_before if exc.lineno else 1
     offset = 0
-    for _ in range(max(line - 1, 0)):
+    for _ in range(max((exc.lineno or 1) - lines_before - 1, 0)):
         nxt = data.find(b"\n", offset)
         if nxt < 0:
             break
@@ -526,9 +603,9 @@ def _recoverable(
     if _RECORD_AT.search(data, offset):
         return False
     tail = b""
-    for chunk in rest:  # drain: any record after the error means the document is broken
+    for chunk in rest:  # drain: a record after the error means the document is broken
         if _RECORD_AT.search(tail + chunk):
             return False
         tail = chunk[-16:]
-    cleaner.repairs.append("unclosed_element")
+    _note(cleaner, "unclosed_element")
     return True

@@ -20,7 +20,7 @@ new failure modes get a new member, never a free-form string.
     │   ├── ArchiveTooDeep             max_archive_depth
     │   ├── TooManyRecords             max_records
     │   ├── XmlTooDeep                 max_xml_depth
-    │   ├── RecordTooLarge             max_record_elements
+    │   ├── ElementTooLarge            max_element_bytes
     │   └── JsonTooLarge               max_json_bytes
     ├── NotAReport                     no report-like part in a message
     ├── TransferEncodingError          broken base64 / quoted-printable
@@ -58,7 +58,7 @@ class Reason(StrEnum):
     ARCHIVE_TOO_DEEP = "archive_too_deep"
     TOO_MANY_RECORDS = "too_many_records"
     XML_TOO_DEEP = "xml_too_deep"
-    RECORD_TOO_LARGE = "record_too_large"
+    ELEMENT_TOO_LARGE = "element_too_large"
     JSON_TOO_LARGE = "json_too_large"
     NOT_A_REPORT = "not_a_report"
     TRANSFER_ENCODING = "transfer_encoding"
@@ -149,9 +149,9 @@ class XmlTooDeep(LimitExceeded):
     limit = "max_xml_depth"
 
 
-class RecordTooLarge(LimitExceeded):
-    reason = Reason.RECORD_TOO_LARGE
-    limit = "max_record_elements"
+class ElementTooLarge(LimitExceeded):
+    reason = Reason.ELEMENT_TOO_LARGE
+    limit = "max_element_bytes"
 
 
 class JsonTooLarge(LimitExceeded):

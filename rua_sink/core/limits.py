@@ -39,10 +39,11 @@ class Limits:
     max_archive_depth: int = 3
     #: Records of one aggregate report.
     max_records: int = 5_000_000
-    #: Element nesting in a report XML document.
+    #: Element nesting in a report XML document (libxml2 refuses more than 256 itself).
     max_xml_depth: int = 32
-    #: Elements in one top-level element of a report (one record with its results).
-    max_record_elements: int = 20_000
+    #: Bytes of XML of one top-level element (a record with its results, metadata):
+    #: what the parser holds in memory at once.
+    max_element_bytes: int = 8 * MiB
     #: One TLS report (JSON is read whole, under this cap).
     max_json_bytes: int = 32 * MiB
     #: Decoded bytes of a part kept in memory before spilling to a temporary file.

@@ -1,5 +1,9 @@
 """The typed model: what the core yields, as frozen dataclasses and Enums.
 
+The per-record types (``Record`` and the results inside it) are NamedTuples instead:
+just as immutable and typed, and built in less than half the time of a frozen
+dataclass, which matters at one of each per record of a 400,000-record report.
+
 Enumerated report values are parsed into the Enums below when they match a known value
 case-insensitively (``Pass`` -> ``AuthResult.PASS``); a value the specs do not know is
 kept verbatim as a plain ``str`` rather than dropped (SPEC.md I.61), hence the
@@ -10,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from .errors import RuaSinkError
 
@@ -185,30 +189,26 @@ class PolicyPublished:
     discovery_method: DiscoveryMethod | str | None = None  # RFC 9990
 
 
-@dataclass(frozen=True, slots=True)
-class OverrideReason:
+class OverrideReason(NamedTuple):
     type: OverrideType | str | None
     comment: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class DkimAuth:
+class DkimAuth(NamedTuple):
     domain: str | None
     selector: str | None
     result: AuthResult | str | None
     human_result: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class SpfAuth:
+class SpfAuth(NamedTuple):
     domain: str | None
     scope: SpfScope | str | None
     result: AuthResult | str | None
     human_result: str | None = None  # RFC 9990
 
 
-@dataclass(frozen=True, slots=True)
-class Record:
+class Record(NamedTuple):
     """One <record>: a source IP and the results of the messages it sent."""
 
     source_ip: str  # normalized (compressed IPv6); verbatim if not an address

@@ -1,0 +1,164 @@
+"""Command line: ``rua-sink parse PATH...`` (more commands join as the service grows)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, TextIO
+
+from . import __version__, jsonout
+from .core.errors import RuaSinkError
+from .core.limits import Limits
+from .core.model import (
+    AggregateEnd,
+    AggregateReport,
+    FailureReport,
+    PartFailed,
+    Record,
+    TlsReport,
+)
+from .core.pipeline import parse_file
+
+#: What a directory is searched for; an explicit file is parsed whatever its name.
+REPORT_SUFFIXES = (".eml", ".msg", ".xml", ".gz", ".zip", ".json", ".zlib")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+def iter_inputs(paths: Sequence[str]) -> Iterator[Path]:
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for dirpath, dirnames, filenames in os.walk(path):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    if name.lower().endswith(REPORT_SUFFIXES):
+                        yield Path(dirpath) / name
+        else:
+            yield path
+
+
+class _Printer:
+    """Writes one JSON line per report, streaming records inside it when asked."""
+
+    def __init__(self, out: TextIO, source: str, *, records: bool) -> None:
+        self.out = out
+        self.source = source
+        self.records = records
+        self.reports = 0
+        self.failures: list[PartFailed] = []
+        self._head: dict[str, Any] | None = None
+        self._open_part: AggregateReport | None = None
+        self._first_record = True
+
+    def _line(self, obj: dict[str, Any]) -> None:
+        self.out.write(_dumps({"source": self.source, **obj}) + "\n")
+
+    def event(self, ev: object) -> None:
+        if isinstance(ev, AggregateReport):
+            self._head = jsonout.aggregate_head(ev)
+            self._open_part = ev
+            if self.records:
+                head = _dumps({"source": self.source, **self._head})
+                self.out.write(head[:-1] + ',"records":[')
+                self._first_record = True
+        elif isinstance(ev, Record):
+            if self.records:
+                self.out.write(("" if self._first_record else ",") + _dumps(jsonout.record(ev)))
+                self._first_record = False
+        elif isinstance(ev, AggregateEnd):
+            tail = jsonout.aggregate_tail(ev)
+            if self.records:
+                self.out.write("]," + _dumps(tail)[1:] + "\n")
+            else:
+                self._line({**(self._head or {}), **tail})
+            self._head = self._open_part = None
+            self.reports += 1
+        elif isinstance(ev, TlsReport):
+            self._line(jsonout.tls_report(ev, with_policies=self.records))
+            self.reports += 1
+        elif isinstance(ev, FailureReport):
+            self._line(jsonout.failure_report(ev, with_fields=self.records))
+            self.reports += 1
+        elif isinstance(ev, PartFailed):
+            self.abort_open_report(ev.error)
+            self.failures.append(ev)
+
+    def abort_open_report(self, error: RuaSinkError) -> None:
+        """A report whose document broke after some records: its line says so."""
+        if self._open_part is None:
+            return
+        if self.records:
+            fields = {"error": str(error.reason), "detail": error.detail}
+            self.out.write("]," + _dumps(fields)[1:] + "\n")
+        self._head = self._open_part = None
+
+    def error(self, error: RuaSinkError, part: dict[str, Any] | None = None) -> None:
+        obj: dict[str, Any] = {"error": str(error.reason), "detail": error.detail}
+        if part is not None:
+            obj["part"] = part
+        self._line(obj)
+
+
+def cmd_parse(args: argparse.Namespace, out: TextIO) -> int:
+    limits = Limits()
+    status = 0
+    for path in iter_inputs(args.paths):
+        printer = _Printer(out, str(path), records=args.records)
+        try:
+            for ev in parse_file(path, limits):
+                printer.event(ev)
+        except RuaSinkError as exc:
+            printer.abort_open_report(exc)
+            printer.error(exc)
+            if printer.reports == 0:
+                status = 1
+            continue
+        except OSError as exc:
+            out.write(_dumps({"source": str(path), "error": "unreadable", "detail": str(exc)}))
+            out.write("\n")
+            status = 1
+            continue
+        for failed in printer.failures:
+            printer.error(failed.error, jsonout.part(failed.part))
+        if printer.reports == 0:
+            status = 1
+    out.flush()
+    return status
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rua-sink", description="Receive and store DMARC and SMTP TLS reports."
+    )
+    parser.add_argument("--version", action="version", version=f"rua-sink {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser(
+        "parse",
+        help="parse report files and messages; print one JSON line per report",
+        description="Parse .eml messages and bare report files (.xml, .xml.gz, .zip, .zlib, "
+        ".json); directories are searched recursively. Prints one JSON line per report; "
+        "exits 1 if any input yielded no report.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--records", action="store_true", help="include every record (streamed)")
+    p.set_defaults(func=cmd_parse)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args, sys.stdout))
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
