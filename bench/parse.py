@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,10 +95,11 @@ def build_email(path: Path, records: int, seed: int = 7) -> int:
         batch: list[str] = []
         for i in range(records):
             ok = rng.random() < 0.8
+            octets = (rng.randrange(1, 224), *rng.randbytes(2), rng.randrange(1, 255))
             ip = (
                 f"2001:db8:{i % 65536:x}::{rng.randrange(1, 65535):x}"
                 if i % 10 == 0
-                else f"{rng.randrange(1, 224)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}"
+                else ".".join(map(str, octets))
             )
             batch.append(
                 RECORD.format(
@@ -128,7 +128,8 @@ def build_email(path: Path, records: int, seed: int = 7) -> int:
             (
                 "From: noreply-dmarc-support@bench.example\r\n"
                 "To: dmarc@rua.example.net\r\n"
-                f"Subject: Report domain: example.com Submitter: bench.example Report-ID: bench-{records}\r\n"
+                "Subject: Report domain: example.com Submitter: bench.example "
+                f"Report-ID: bench-{records}\r\n"
                 "Date: Tue, 23 Jun 2026 00:10:00 +0000\r\n"
                 "Message-ID: <bench@bench.example>\r\n"
                 "MIME-Version: 1.0\r\n"
@@ -202,9 +203,7 @@ def ensure_parsedmarc() -> str:
     python = BENCH_VENV / "bin" / "python"
     if not python.exists():
         subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True)
-        subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", PARSEDMARC], check=True
-        )
+        subprocess.run([str(python), "-m", "pip", "install", "-q", PARSEDMARC], check=True)
     return str(python)
 
 

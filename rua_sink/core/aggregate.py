@@ -12,8 +12,8 @@ deterministic repairs of ``xmlclean`` is an error, never a source of partial rec
 
 from __future__ import annotations
 
-import socket
 import re
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,8 +21,8 @@ import idna
 from lxml import etree
 
 from .errors import (
-    InvalidReport,
     ElementTooLarge,
+    InvalidReport,
     TooManyRecords,
     TruncatedXml,
     XmlSyntaxError,
@@ -232,16 +232,45 @@ def _enum(table: dict[str, Any], text: str | None) -> Any:
 # Codes of the names inside a <record>, so the walk below does one dict lookup per
 # element (keyed by the full tag, namespace included) instead of name comparisons.
 _SECTION = 0
-(_SOURCE_IP, _COUNT, _DISPOSITION_, _DKIM, _SPF, _REASON, _TYPE, _COMMENT, _HEADER_FROM,
- _ENVELOPE_FROM, _ENVELOPE_TO, _DOMAIN, _SELECTOR, _RESULT, _HUMAN_RESULT) = range(1, 16)
+(
+    _SOURCE_IP,
+    _COUNT,
+    _DISPOSITION_,
+    _DKIM,
+    _SPF,
+    _REASON,
+    _TYPE,
+    _COMMENT,
+    _HEADER_FROM,
+    _ENVELOPE_FROM,
+    _ENVELOPE_TO,
+    _DOMAIN,
+    _SELECTOR,
+    _RESULT,
+    _HUMAN_RESULT,
+) = range(1, 16)
 _AUTH_SECTION = -1
 _RECORD_CODES = {
-    "row": _SECTION, "policy_evaluated": _SECTION, "identifiers": _SECTION,
-    "identities": _SECTION, "auth_results": _AUTH_SECTION,
-    "source_ip": _SOURCE_IP, "count": _COUNT, "disposition": _DISPOSITION_, "dkim": _DKIM,
-    "spf": _SPF, "reason": _REASON, "type": _TYPE, "comment": _COMMENT,
-    "header_from": _HEADER_FROM, "envelope_from": _ENVELOPE_FROM, "envelope_to": _ENVELOPE_TO,
-    "domain": _DOMAIN, "selector": _SELECTOR, "scope": _SELECTOR, "result": _RESULT,
+    "row": _SECTION,
+    "policy_evaluated": _SECTION,
+    "identifiers": _SECTION,
+    "identities": _SECTION,
+    "auth_results": _AUTH_SECTION,
+    "source_ip": _SOURCE_IP,
+    "count": _COUNT,
+    "disposition": _DISPOSITION_,
+    "dkim": _DKIM,
+    "spf": _SPF,
+    "reason": _REASON,
+    "type": _TYPE,
+    "comment": _COMMENT,
+    "header_from": _HEADER_FROM,
+    "envelope_from": _ENVELOPE_FROM,
+    "envelope_to": _ENVELOPE_TO,
+    "domain": _DOMAIN,
+    "selector": _SELECTOR,
+    "scope": _SELECTOR,
+    "result": _RESULT,
     "human_result": _HUMAN_RESULT,
 }
 _TAG_CODES: dict[str, int | None] = {}
@@ -301,7 +330,7 @@ def _record(el: Any, max_depth: int) -> Record:
                 if code == _DOMAIN:
                     current[1] = domain(t)
                 elif code == _RESULT:
-                    current[3] = auth.get(t) or _enum(_AUTH, t)  # type: ignore[arg-type]
+                    current[3] = auth.get(t) or _enum(_AUTH, t)
                 elif code == _SELECTOR:
                     current[2] = t
                 elif code == _HUMAN_RESULT:
@@ -311,11 +340,11 @@ def _record(el: Any, max_depth: int) -> Record:
         elif code == _COUNT:
             count = t
         elif code == _DISPOSITION_:
-            disposition = disp.get(t) or _enum(_DISPOSITION, t)  # type: ignore[arg-type]
+            disposition = disp.get(t) or _enum(_DISPOSITION, t)
         elif code == _DKIM:
-            dkim = verdict.get(t) or _enum(_VERDICT, t)  # type: ignore[arg-type]
+            dkim = verdict.get(t) or _enum(_VERDICT, t)
         elif code == _SPF:
-            spf = verdict.get(t) or _enum(_VERDICT, t)  # type: ignore[arg-type]
+            spf = verdict.get(t) or _enum(_VERDICT, t)
         elif code == _HEADER_FROM:
             header_from = domain(t)
         elif code == _ENVELOPE_FROM:
@@ -341,9 +370,7 @@ def _record(el: Any, max_depth: int) -> Record:
         header_from=header_from,
         envelope_from=envelope_from,
         envelope_to=envelope_to,
-        dkim_results=tuple(
-            DkimAuth(r[1], r[2], r[3], r[4]) for r in results if r[0] == _DKIM
-        ),
+        dkim_results=tuple(DkimAuth(r[1], r[2], r[3], r[4]) for r in results if r[0] == _DKIM),
         spf_results=tuple(
             SpfAuth(r[1], _enum(_SCOPE, r[2]), r[3], r[4]) for r in results if r[0] == _SPF
         ),
@@ -425,13 +452,41 @@ class _Document:
 _TOP = frozenset(("record", "report_metadata", "policy_published", "version", "extension"))
 # Names inside the elements above: an element left open with one of these names means
 # the document is broken inside a record or its metadata, not around it.
-_KNOWN = _TOP | frozenset((
-    "feedback", "row", "source_ip", "count", "policy_evaluated", "disposition", "dkim", "spf",
-    "reason", "type", "comment", "identifiers", "identities", "header_from", "envelope_from",
-    "envelope_to", "auth_results", "domain", "selector", "result", "human_result", "scope",
-    "org_name", "email", "extra_contact_info", "report_id", "date_range", "begin", "end",
-    "error", "generator",
-))
+_KNOWN = _TOP | frozenset(
+    (
+        "feedback",
+        "row",
+        "source_ip",
+        "count",
+        "policy_evaluated",
+        "disposition",
+        "dkim",
+        "spf",
+        "reason",
+        "type",
+        "comment",
+        "identifiers",
+        "identities",
+        "header_from",
+        "envelope_from",
+        "envelope_to",
+        "auth_results",
+        "domain",
+        "selector",
+        "result",
+        "human_result",
+        "scope",
+        "org_name",
+        "email",
+        "extra_contact_info",
+        "report_id",
+        "date_range",
+        "begin",
+        "end",
+        "error",
+        "generator",
+    )
+)
 # lxml reports "end" events only for these (any namespace, or none): the parser's C
 # code skips the ~25 other elements of a record, which the record's handler then reads
 # from the finished subtree.
@@ -542,8 +597,9 @@ def parse_aggregate(
     if doc.head is None:
         yield doc.make_head()
         yield from doc.early
-    yield AggregateEnd(doc.head or doc.make_head(), doc.records, doc.messages,
-                       tuple(cleaner.repairs))
+    yield AggregateEnd(
+        doc.head or doc.make_head(), doc.records, doc.messages, tuple(cleaner.repairs)
+    )
 
 
 def _check_root(root: Any, doc: _Document) -> Any:

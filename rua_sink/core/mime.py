@@ -412,11 +412,18 @@ class MimeWalker:
         last_nl = buf.rfind(b"\n")
         if final:
             keep = n
-        elif last_nl >= 0 and n - last_nl - 1 <= _MAX_DELIMITER_LINE and (
-            buf[last_nl + 1 : last_nl + 3] in (b"", b"-", b"--")
+        elif (
+            last_nl >= 0
+            and n - last_nl - 1 <= _MAX_DELIMITER_LINE
+            and (bytes(buf[last_nl + 1 : last_nl + 3]) in (b"", b"-", b"--"))
         ):
             keep = last_nl - 1 if last_nl > 0 and buf[last_nl - 1] == 0x0D else last_nl
-        elif self._at_bol and last_nl < 0 and n <= _MAX_DELIMITER_LINE and buf[:2] in (b"-", b"--"):
+        elif (
+            self._at_bol
+            and last_nl < 0
+            and n <= _MAX_DELIMITER_LINE
+            and bytes(buf[:2]) in (b"-", b"--")
+        ):
             return False
         else:
             keep = n - 1 if buf[-1] == 0x0D else n

@@ -212,7 +212,7 @@ class Record(NamedTuple):
     """One <record>: a source IP and the results of the messages it sent."""
 
     source_ip: str  # normalized (compressed IPv6); verbatim if not an address
-    count: int
+    count: int  # type: ignore[assignment]  # the DMARC name; shadows tuple.count
     disposition: Disposition | str | None
     dkim: Verdict | str | None  # policy_evaluated: DMARC-aligned DKIM
     spf: Verdict | str | None  # policy_evaluated: DMARC-aligned SPF
@@ -345,4 +345,6 @@ class PartFailed:
     error: RuaSinkError
 
 
-Event = MessageInfo | AggregateReport | Record | AggregateEnd | TlsReport | FailureReport | PartFailed
+Event = (
+    MessageInfo | AggregateReport | Record | AggregateEnd | TlsReport | FailureReport | PartFailed
+)

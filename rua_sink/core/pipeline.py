@@ -35,7 +35,7 @@ DEFAULT_LIMITS = Limits()
 
 def default_spool(memory_bytes: int) -> IO[bytes]:
     """A temporary file that stays in memory up to ``memory_bytes``."""
-    return tempfile.SpooledTemporaryFile(max_size=memory_bytes)  # noqa: SIM115
+    return tempfile.SpooledTemporaryFile(max_size=memory_bytes)
 
 
 def parse_message(
@@ -52,7 +52,10 @@ def parse_message(
             if isinstance(item, MessageInfo):
                 yield item
             elif isinstance(item, SpooledPart):
-                yield from parse_part(item.file, item.info, limits, spool)
+                try:
+                    yield from parse_part(item.file, item.info, limits, spool)
+                finally:
+                    item.file.close()
             elif isinstance(item, FailedPart):
                 yield PartFailed(item.info, item.error)
             elif item.kind == "feedback-report":
@@ -75,22 +78,19 @@ def parse_part(
     file: IO[bytes], info: PartInfo, limits: Limits, spool: SpoolFactory
 ) -> Iterator[Event]:
     """Every report in one decoded part; failures become ``PartFailed`` values."""
-    try:
-        layers = payloads(file, info, limits, spool)
-        while True:
-            try:
-                payload = next(layers)
-            except StopIteration:
-                break
-            except RuaSinkError as exc:
-                yield PartFailed(info, exc)
-                break
-            try:
-                yield from _documents(payload, limits)
-            except RuaSinkError as exc:
-                yield PartFailed(payload.info, exc)
-    finally:
-        file.close()
+    layers = payloads(file, info, limits, spool)
+    while True:
+        try:
+            payload = next(layers)
+        except StopIteration:
+            break
+        except RuaSinkError as exc:
+            yield PartFailed(info, exc)
+            break
+        try:
+            yield from _documents(payload, limits)
+        except RuaSinkError as exc:
+            yield PartFailed(payload.info, exc)
 
 
 def _documents(payload: Payload, limits: Limits) -> Iterator[Event]:
@@ -120,28 +120,4 @@ def parse_file(
         if not is_bare_report(head):
             yield from parse_message(file_chunks(file, CHUNK), limits, spool)
             return
-        info = PartInfo(index=1, filename=path.name)
-        # parse_part closes what it is given; keep the caller's file open until here.
-        yield from parse_part(_Unclosable(file), info, limits, spool)
-
-
-class _Unclosable:
-    """Delegates to a file but leaves closing to its owner."""
-
-    def __init__(self, file: IO[bytes]) -> None:
-        self._file = file
-
-    def read(self, size: int = -1) -> bytes:
-        return self._file.read(size)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        return self._file.seek(offset, whence)
-
-    def tell(self) -> int:
-        return self._file.tell()
-
-    def seekable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        pass
+        yield from parse_part(file, PartInfo(index=1, filename=path.name), limits, spool)

@@ -36,9 +36,12 @@ def sniff(head: bytes) -> Kind:
     if head.startswith((b"PK\x03\x04", b"PK\x05\x06", b"PK\x07\x08")):
         return Kind.ZIP
     # RFC 1950 2.2: CM=8 (deflate), CINFO<=7, FCHECK makes CMF*256+FLG a multiple of 31.
-    if len(head) >= 2 and head[0] & 0x0F == 8 and head[0] >> 4 <= 7 and (
-        (head[0] << 8) | head[1]
-    ) % 31 == 0:
+    if (
+        len(head) >= 2
+        and head[0] & 0x0F == 8
+        and head[0] >> 4 <= 7
+        and ((head[0] << 8) | head[1]) % 31 == 0
+    ):
         return Kind.ZLIB
     text = strip_bom(head).lstrip(_WS)
     if text.startswith(b"<"):

@@ -85,9 +85,8 @@ def _layer(
 ) -> Iterator[Payload]:
     head, chunks = peek(chunks, _HEAD)
     kind = sniff(head)
-    if kind in (Kind.GZIP, Kind.ZLIB, Kind.ZIP):
-        if depth + 1 > limits.max_archive_depth:
-            raise ArchiveTooDeep(depth + 1, limits.max_archive_depth)
+    if kind in (Kind.GZIP, Kind.ZLIB, Kind.ZIP) and depth + 1 > limits.max_archive_depth:
+        raise ArchiveTooDeep(depth + 1, limits.max_archive_depth)
     if kind is Kind.GZIP or kind is Kind.ZLIB:
         inner = _inflate(chunks, limits, multi_member=kind is Kind.GZIP)
         yield from _layer(inner, info.with_layer(str(kind)), limits, spool, depth + 1, None)
