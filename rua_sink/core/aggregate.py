@@ -47,7 +47,7 @@ from .model import (
     Schema,
     SpfAuth,
     SpfScope,
-    Testing,
+    PolicyTesting,
     Verdict,
     enum_or_verbatim,
 )
@@ -210,7 +210,7 @@ def _policy(el: Any) -> PolicyPublished:
         np=_optional_enum(Policy, f.get("np")),
         pct=int(pct) if pct is not None and pct.isdigit() else None,
         fo=f.get("fo"),
-        testing=_optional_enum(Testing, f.get("testing")),
+        testing=_optional_enum(PolicyTesting, f.get("testing")),
         discovery_method=_optional_enum(DiscoveryMethod, f.get("discovery_method")),
     )
 

@@ -88,7 +88,7 @@ class AlignmentMode(StrEnum):
     STRICT = "s"
 
 
-class Testing(StrEnum):
+class PolicyTesting(StrEnum):
     NO = "n"
     YES = "y"
 
@@ -185,7 +185,7 @@ class PolicyPublished:
     np: Policy | str | None = None  # RFC 9990
     pct: int | None = None  # RFC 7489 only
     fo: str | None = None
-    testing: Testing | str | None = None  # RFC 9990
+    testing: PolicyTesting | str | None = None  # RFC 9990
     discovery_method: DiscoveryMethod | str | None = None  # RFC 9990
 
 

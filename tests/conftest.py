@@ -1,0 +1,72 @@
+"""Shared helpers: the real corpus (used in place) and event collection."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from rua_sink.core.model import (
+    AggregateEnd,
+    AggregateReport,
+    Event,
+    FailureReport,
+    MessageInfo,
+    PartFailed,
+    Record,
+    TlsReport,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = (ROOT / ".." / "shared" / "corpus" / "real").resolve()
+
+
+@dataclass
+class Collected:
+    """Events of one message, grouped: each aggregate report with its records."""
+
+    info: MessageInfo | None = None
+    aggregates: list[tuple[AggregateReport, list[Record], AggregateEnd]] = field(
+        default_factory=list
+    )
+    tls: list[TlsReport] = field(default_factory=list)
+    failures: list[FailureReport] = field(default_factory=list)
+    failed: list[PartFailed] = field(default_factory=list)
+
+    @property
+    def reports(self) -> int:
+        return len(self.aggregates) + len(self.tls) + len(self.failures)
+
+
+def collect(events: Iterable[Event]) -> Collected:
+    out = Collected()
+    head: AggregateReport | None = None
+    records: list[Record] = []
+    for ev in events:
+        if isinstance(ev, MessageInfo):
+            out.info = ev
+        elif isinstance(ev, AggregateReport):
+            head, records = ev, []
+        elif isinstance(ev, Record):
+            records.append(ev)
+        elif isinstance(ev, AggregateEnd):
+            assert head is not None and ev.report is head
+            out.aggregates.append((head, records, ev))
+            head = None
+        elif isinstance(ev, TlsReport):
+            out.tls.append(ev)
+        elif isinstance(ev, FailureReport):
+            out.failures.append(ev)
+        else:
+            out.failed.append(ev)
+            head = None
+    return out
+
+
+def corpus(rel: str) -> Path:
+    path = CORPUS / rel
+    if not path.is_file():
+        pytest.fail(f"corpus file missing: {path} (the corpus must sit at ../shared)")
+    return path
