@@ -14,9 +14,9 @@ from rua_sink.core.model import (
     Disposition,
     OverrideType,
     Policy,
+    PolicyTesting,
     Schema,
     SpfScope,
-    PolicyTesting,
     TlsPolicyType,
     Verdict,
 )

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import re
 import socket
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, cast
 
 import idna
 from lxml import etree
@@ -42,12 +42,12 @@ from .model import (
     PartInfo,
     Policy,
     PolicyPublished,
+    PolicyTesting,
     Record,
     ReportMetadata,
     Schema,
     SpfAuth,
     SpfScope,
-    PolicyTesting,
     Verdict,
     enum_or_verbatim,
 )
@@ -492,7 +492,8 @@ _KNOWN = _TOP | frozenset(
 # from the finished subtree.
 _EVENT_TAGS = ["{*}feedback", *(f"{{*}}{name}" for name in sorted(_TOP))]
 _FEED = 64 * 1024
-_MISMATCH = re.compile(r"mismatch: (\S+) line \d+ and (\S+)")
+_NS_DOMAIN = etree.ErrorDomains.NAMESPACE
+_MISMATCH = re.compile(r"mismatch: ([^\s,]+) line \d+ and ([^\s,]+)")
 
 
 def _new_parser() -> Any:
@@ -536,6 +537,8 @@ def parse_aggregate(
         if root_closed:
             if data.strip():
                 _note(cleaner, "trailing_content")
+            if final:
+                _close_after_root(parser, cleaner)
             continue
         handled = False
         try:
@@ -572,13 +575,21 @@ def parse_aggregate(
                         parent.remove(prev)
                     parent.remove(el)
                     handled = True
-            if final and not root_closed:
+            if final and root_closed:
+                _close_after_root(parser, cleaner)
+            elif final:
                 closed = parser.close()
                 if closed is not None:
                     root = root if root is not None else _check_root(closed, doc)
                     root_closed = True
         except etree.XMLSyntaxError as exc:
-            if root_closed or _recoverable(exc, parser, doc, cleaner, data, stream, lines_before):
+            if _namespace_errors_only(exc):
+                # libxml2 reports an undeclared prefix (a stray <xs:schema>) when the
+                # document ends, after every event was read: nothing was lost.
+                _note(cleaner, "undeclared_namespace_prefix")
+                root_closed = True
+                break
+            if root_closed or _recoverable(exc, doc, cleaner, data, stream, lines_before):
                 root_closed = True
                 break
             text = str(exc)
@@ -620,6 +631,24 @@ def _check_depth(el: Any, depth: int, maximum: int) -> None:
         stack.extend((child, d + 1) for child in node)
 
 
+def _close_after_root(parser: Any, cleaner: XmlCleaner) -> None:
+    try:
+        parser.close()
+    except etree.XMLSyntaxError as exc:
+        # libxml2 reports an undeclared prefix (a stray <xs:schema>) when the document
+        # ends, after every event was read: nothing was lost.
+        if _namespace_errors_only(exc):
+            _note(cleaner, "undeclared_namespace_prefix")
+        else:
+            _note(cleaner, "trailing_content")
+
+
+def _namespace_errors_only(exc: etree.XMLSyntaxError) -> bool:
+    # lxml's error log is iterable; its stubs do not say so.
+    errors = [e.domain for e in cast("Iterable[Any]", exc.error_log)]
+    return bool(errors) and all(d == _NS_DOMAIN for d in errors)
+
+
 def _note(cleaner: XmlCleaner, repair: str) -> None:
     if repair not in cleaner.repairs:
         cleaner.repairs.append(repair)
@@ -627,24 +656,15 @@ def _note(cleaner: XmlCleaner, repair: str) -> None:
 
 def _recoverable(
     exc: etree.XMLSyntaxError,
-    parser: Any,
     doc: _Document,
     cleaner: XmlCleaner,
     data: bytes,
     rest: Iterator[bytes],
     lines_before: int,
 ) -> bool:
-    """Two kinds of stray markup that lose nothing, and are repaired (SPEC.md I.60):
-
-    - an element whose namespace prefix is never declared (a stray ``<xs:schema>``):
-      libxml2 reports it only when the document ends, after every event was read;
-    - an element of no DMARC name left open before ``</feedback>``: the document is
-      complete if no record follows the point of the error.
-    """
-    errors = list(parser.error_log)
-    if errors and {e.domain for e in errors} == {etree.ErrorDomains.NAMESPACE}:
-        _note(cleaner, "undeclared_namespace_prefix")
-        return True
+    """Stray markup that loses nothing (SPEC.md I.60): an element of no DMARC name left
+    open before ``</feedback>``. The document is complete if no record follows the
+    point of the error."""
     m = _MISMATCH.search(str(exc))
     if m is None or doc.metadata is None:
         return False

@@ -1,0 +1,200 @@
+"""The aggregate XML parser: both schemas, normalization, repairs and their limits."""
+
+from __future__ import annotations
+
+import pytest
+
+from rua_sink.core.aggregate import parse_aggregate
+from rua_sink.core.errors import InvalidReport, TruncatedXml, XmlSyntaxError
+from rua_sink.core.limits import Limits
+from rua_sink.core.model import (
+    AggregateEnd,
+    AggregateReport,
+    AuthResult,
+    Disposition,
+    PartInfo,
+    Record,
+    Schema,
+    Verdict,
+)
+
+from .reports import NS_9990, record_xml, report_xml
+
+
+def parse(doc: bytes, size: int = 64) -> tuple[AggregateReport, list[Record], AggregateEnd]:
+    chunks = iter([doc[i : i + size] for i in range(0, len(doc), size)])
+    events = list(parse_aggregate(chunks, PartInfo(index=1), Limits()))
+    head, *records, end = events
+    assert isinstance(head, AggregateReport) and isinstance(end, AggregateEnd)
+    assert all(isinstance(r, Record) for r in records)
+    return head, records, end  # type: ignore[return-value]
+
+
+def test_rfc9990_namespace_and_extensions() -> None:
+    doc = report_xml(
+        ns=NS_9990,
+        head_extra='<extension><x:info xmlns:x="urn:example:x">raw</x:info></extension>',
+        body=record_xml(extra='<y:tag xmlns:y="urn:example:y" a="1">v</y:tag>'),
+    )
+    head, (rec,), end = parse(doc)
+    assert head.schema is Schema.RFC9990
+    (ext,) = head.extensions
+    assert ext.startswith('<x:info xmlns:x="urn:example:x"') and ext.endswith(">raw</x:info>")
+    (ext,) = rec.extensions
+    assert ext.startswith('<y:tag xmlns:y="urn:example:y"') and ext.endswith('a="1">v</y:tag>')
+    assert rec.spf_results[0].domain == "example.com"  # extension did not disturb results
+    assert not end.repaired
+
+
+def test_values_are_normalized() -> None:
+    body = (
+        "<record><row><source_ip> 2001:DB8:0:0:0:0:0:1 </source_ip><count>3</count>"
+        "<policy_evaluated><disposition>Quarantine</disposition><dkim>FAIL</dkim>"
+        "<spf>Pass</spf><reason><type>Local_Policy</type><comment> c </comment></reason>"
+        "</policy_evaluated></row>"
+        "<identifiers><header_from>Bücher.Example.</header_from>"
+        "<envelope_from></envelope_from></identifiers>"
+        "<auth_results><dkim><domain>EXAMPLE.com</domain><result>TempError</result></dkim>"
+        "<spf><domain>example.com</domain><result>hardfail</result></spf></auth_results></record>"
+    )
+    head, (rec,), _ = parse(report_xml(org='  "Reporter Inc" ', body=body), size=7)
+    assert head.metadata.org_name == "Reporter Inc"
+    assert rec.source_ip == "2001:db8::1"
+    assert (rec.disposition, rec.dkim, rec.spf) == (
+        Disposition.QUARANTINE,
+        Verdict.FAIL,
+        Verdict.PASS,
+    )
+    assert rec.reasons[0].type == "local_policy" and rec.reasons[0].comment == "c"
+    assert rec.header_from == "xn--bcher-kva.example"
+    assert rec.envelope_from is None  # empty for a null reverse-path (RFC 9990 3.1.1.10)
+    assert rec.dkim_results[0].domain == "example.com"
+    assert rec.dkim_results[0].result is AuthResult.TEMPERROR
+    assert rec.dkim_results[0].selector is None
+    assert rec.spf_results[0].result == "hardfail"  # unknown: kept verbatim
+    assert not isinstance(rec.spf_results[0].result, AuthResult)
+
+
+def test_fractional_timestamps_and_repeated_policy() -> None:
+    doc = report_xml(
+        head_extra="<policy_published><domain>second.example</domain></policy_published>"
+    ).replace(b"<begin>1700000000</begin>", b"<begin>1700000000.25</begin>")
+    head, _, _ = parse(doc)
+    assert head.metadata.begin == 1700000000
+    assert head.policy.domain == "example.com"  # the first policy_published wins
+
+
+def test_old_draft_format() -> None:
+    doc = (
+        b'<feedback xmlns="http://dmarc.org/dmarc-xml/0.2"><version>2.0</version>'
+        b"<report_metadata><org_name>old</org_name><report_id>d1</report_id>"
+        b"<date_range><begin>1</begin><end>2</end></date_range></report_metadata>"
+        b"<policy_published><domain>example.com</domain></policy_published>"
+        b"<record><row><source_ip>192.0.2.1</source_ip><count>4</count></row>"
+        b"<identities><header_from>example.com</header_from></identities></record></feedback>"
+    )
+    head, (rec,), _ = parse(doc)
+    assert head.schema is Schema.DRAFT
+    assert rec.header_from == "example.com" and rec.count == 4
+
+
+def test_bom_and_whitespace_before_declaration() -> None:
+    _, records, end = parse(b"\xef\xbb\xbf \r\n" + report_xml(2))
+    assert len(records) == 2 and not end.repaired
+
+
+def test_declared_windows_1252_is_decoded_not_repaired() -> None:
+    doc = report_xml(org="Caf\xe9".encode("latin-1").decode("latin-1")).replace(
+        b'encoding="UTF-8"', b'encoding="windows-1252"'
+    )
+    doc = doc.replace("Café".encode(), "Café".encode("cp1252"))
+    head, _, end = parse(doc)
+    assert head.metadata.org_name == "Café" and not end.repaired
+
+
+@pytest.mark.parametrize(
+    ("org_xml", "org", "repair"),
+    [
+        (b"AT&T", "AT&T", "unescaped_ampersand"),
+        (b"Tom &amp; Jerry &nbsp;", "Tom & Jerry &nbsp;", "unescaped_ampersand"),
+        (b"a < b", "a < b", "unescaped_lt"),
+        (b"Quote\x91s", "Quote\ufffds", "invalid_utf8"),
+        (b"bell\x07", "bell", "control_characters"),
+    ],
+)
+def test_recoverable_text_is_repaired(org_xml: bytes, org: str, repair: str) -> None:
+    doc = report_xml(2).replace(b"reporter.example</org_name>", org_xml + b"</org_name>")
+    for size in (3, 64, len(doc)):
+        head, records, end = parse(doc, size)
+        assert head.metadata.org_name == org
+        assert len(records) == 2
+        assert end.repairs == (repair,)
+
+
+def test_stray_element_with_undeclared_prefix() -> None:
+    # A stray <xs:schema> (IKEA, parsedmarc #18): no records are lost, the report is marked.
+    doc = report_xml(3, head_extra="<xs:schema><xs:element/></xs:schema>")
+    _, records, end = parse(doc)
+    assert len(records) == 3
+    assert end.repairs == ("undeclared_namespace_prefix",)
+
+
+def test_stray_unclosed_element_around_records() -> None:
+    doc = report_xml(body="<wrapper>" + record_xml() + record_xml("192.0.2.2"))
+    _, records, end = parse(doc)
+    assert [r.source_ip for r in records] == ["192.0.2.1", "192.0.2.2"]
+    assert end.repairs == ("unclosed_element",)
+
+
+def test_unclosed_record_is_not_repaired() -> None:
+    doc = report_xml(body=record_xml().replace("</record>", ""))
+    with pytest.raises(XmlSyntaxError):
+        parse(doc)
+
+
+@pytest.mark.parametrize("keep", [0.3, 0.6, 0.95])
+def test_truncated_document_is_an_error(keep: float) -> None:
+    doc = report_xml(20)
+    with pytest.raises(TruncatedXml):
+        parse(doc[: int(len(doc) * keep)])
+
+
+def test_records_before_metadata_are_held_until_the_head() -> None:
+    doc = (
+        b"<feedback>" + record_xml().encode() + b"<report_metadata><org_name>o</org_name>"
+        b"<report_id>late</report_id><date_range><begin>1</begin><end>2</end></date_range>"
+        b"</report_metadata><policy_published><domain>example.com</domain>"
+        b"</policy_published>" + record_xml("192.0.2.2").encode() + b"</feedback>"
+    )
+    head, records, end = parse(doc)
+    assert head.metadata.report_id == "late"
+    assert [r.source_ip for r in records] == ["192.0.2.1", "192.0.2.2"]
+    assert end.record_count == 2
+
+
+def test_report_without_records() -> None:
+    head, records, end = parse(report_xml(body=""))
+    assert records == [] and end.record_count == 0 and head.policy.domain == "example.com"
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        b"<report_id>r-1</report_id>",  # report_id missing
+        b"<domain>example.com</domain>",  # policy domain missing
+    ],
+)
+def test_missing_required_values(broken: bytes) -> None:
+    with pytest.raises(InvalidReport):
+        parse(report_xml(1).replace(broken, b""))
+
+
+def test_bad_count_is_invalid() -> None:
+    with pytest.raises(InvalidReport, match="count"):
+        parse(report_xml(body=record_xml().replace("<count>1</count>", "<count>many</count>")))
+
+
+def test_nested_record_inside_record_is_not_a_second_record() -> None:
+    _, records, _ = parse(report_xml(body=record_xml(extra=record_xml("192.0.2.99"))))
+    assert [r.source_ip for r in records] == ["192.0.2.1"]
+    assert len(records[0].extensions) == 1
