@@ -106,8 +106,22 @@ class _Printer:
         self._line(obj)
 
 
+def limits_from(args: argparse.Namespace) -> Limits:
+    """Limits from the environment (RUA_SINK_MAX_...), then from ``--limit NAME=VALUE``."""
+    pairs = {}
+    for item in args.limit or ():
+        name, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"rua-sink: --limit takes NAME=VALUE, not {item!r}")
+        pairs[name.strip().replace("-", "_")] = value
+    try:
+        return Limits.from_env(os.environ).with_values(pairs)
+    except ValueError as exc:
+        raise SystemExit(f"rua-sink: {exc}") from exc
+
+
 def cmd_parse(args: argparse.Namespace, out: TextIO) -> int:
-    limits = Limits()
+    limits = limits_from(args)
     status = 0
     for path in iter_inputs(args.paths):
         printer = _Printer(out, str(path), records=args.records)
@@ -148,6 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--records", action="store_true", help="include every record (streamed)")
+    p.add_argument(
+        "--limit",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override a limit, e.g. max_records=1000 or max_message_bytes=16MiB (repeatable)",
+    )
     p.set_defaults(func=cmd_parse)
     return parser
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
 
 KiB = 1024
 MiB = 1024 * KiB
@@ -52,3 +54,42 @@ class Limits:
     @classmethod
     def names(cls) -> tuple[str, ...]:
         return tuple(f.name for f in fields(cls))
+
+    def with_values(self, values: Mapping[str, str]) -> Limits:
+        """A copy with some limits set from text: ``{"max_records": "1000"}``.
+
+        Sizes take a binary suffix (``64MiB``, ``1g``); every value must be positive.
+        """
+        changes: dict[str, int] = {}
+        for name, text in values.items():
+            if name not in self.names():
+                raise ValueError(f"unknown limit {name!r}; known: {', '.join(self.names())}")
+            changes[name] = parse_size(text)
+        return replace(self, **changes)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], prefix: str = "RUA_SINK_") -> Limits:
+        """Limits from ``RUA_SINK_MAX_MESSAGE_BYTES`` and the like; unset ones keep defaults."""
+        return cls().with_values(
+            {
+                name: env[prefix + name.upper()]
+                for name in cls.names()
+                if prefix + name.upper() in env
+            }
+        )
+
+
+_SIZE = re.compile(r"^\s*(\d+)\s*(k|m|g|t)?(?:i?b)?\s*$", re.IGNORECASE)
+_UNITS = {None: 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
+
+
+def parse_size(text: str) -> int:
+    """``"1000"`` -> 1000, ``"64MiB"`` / ``"64m"`` -> 67108864 (powers of two, as RFC 7489 6.2)."""
+    m = _SIZE.match(text)
+    if m is None:
+        raise ValueError(f"not a size or count: {text!r}")
+    unit = m.group(2).lower() if m.group(2) else None
+    value = int(m.group(1)) * _UNITS[unit]
+    if value <= 0:
+        raise ValueError(f"must be positive: {text!r}")
+    return value

@@ -1,0 +1,101 @@
+"""``rua-sink parse``, run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from .conftest import CORPUS, corpus
+from .reports import gz, report_xml
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]], str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "rua_sink.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    return proc.returncode, lines, proc.stderr
+
+
+def test_whole_corpus_directory() -> None:
+    status, lines, _ = run("parse", str(CORPUS))
+    assert status == 0
+    assert all("error" not in line for line in lines)
+    types = [line["type"] for line in lines]
+    assert (types.count("aggregate"), types.count("tlsrpt"), types.count("failure")) == (28, 9, 5)
+    by_source = {Path(line["source"]).name: line for line in lines}
+    google = by_source["100.eml"]
+    assert google["org_name"] == "google.com"
+    assert google["report_id"] == "5264580628977113351"
+    assert (google["policy_domain"], google["record_count"], google["message_count"]) == (
+        "stalw.art",
+        1,
+        1,
+    )
+    assert google["repaired"] is False
+    assert isinstance(google["begin"], int) and google["begin"] < google["end"]
+    tls = by_source["rfc-example.json"]
+    assert (tls["policy_count"], tls["success_count"], tls["failure_count"]) == (1, 5326, 303)
+
+
+def test_records_are_streamed_inside_the_report_line() -> None:
+    path = corpus("cry-inc__dmarc-report-viewer/testdata/dmarc-reports/invalid_casing.xml")
+    status, (line,), _ = run("parse", "--records", str(path))
+    assert status == 0
+    (record,) = line["records"]
+    assert [s["result"] for s in record["spf_results"]] == [
+        "none",
+        "neutral",
+        "pass",
+        "fail",
+        "HardFail",
+        "softfail",
+        "temperror",
+        "permerror",
+    ]
+    assert line["record_count"] == 1
+
+
+def test_inputs_without_reports_exit_1_with_a_reason(tmp_path: Path) -> None:
+    junk = tmp_path / "note.eml"
+    junk.write_bytes(b"From: a@example.org\r\nSubject: hello\r\n\r\nJust text.\r\n")
+    broken = tmp_path / "cut.xml.gz"
+    broken.write_bytes(gz(report_xml(200))[:-40])
+    good = tmp_path / "good.xml"
+    good.write_bytes(report_xml(2))
+    status, lines, _ = run("parse", str(junk), str(broken), str(good))
+    assert status == 1
+    assert lines[0] == {
+        "source": str(junk),
+        "error": "not_a_report",
+        "detail": "the message has no report-like part",
+    }
+    assert lines[1]["source"] == str(broken)
+    assert lines[1]["error"] == "truncated_archive"
+    assert lines[2]["source"] == str(good)
+    assert lines[2]["record_count"] == 2
+
+
+def test_limits_from_flags_and_environment(tmp_path: Path) -> None:
+    path = tmp_path / "r.xml"
+    path.write_bytes(report_xml(3))
+    status, lines, _ = run("parse", "--limit", "max_records=2", str(path))
+    assert status == 1
+    assert lines[-1]["error"] == "too_many_records"
+    status, lines, _ = run("parse", str(path), env={"RUA_SINK_MAX_RECORDS": "2"})
+    assert status == 1
+    assert lines[-1]["detail"] == "max_records exceeded: 3 > 2"
+    status, lines, _ = run("parse", str(path), env={"RUA_SINK_MAX_MESSAGE_BYTES": "1KiB"})
+    assert lines[0]["error"] == "message_too_large"
+    status, lines, stderr = run("parse", "--limit", "no_such_limit=1", str(path))
+    assert status != 0
+    assert "unknown limit" in stderr

@@ -1,0 +1,56 @@
+"""The README's limits table says what rua_sink/core/limits.py does."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from rua_sink.core.errors import Reason
+from rua_sink.core.limits import Limits, parse_size
+
+from .conftest import ROOT
+
+
+def _rows() -> dict[str, tuple[str, str]]:
+    text = (ROOT / "README.md").read_text()
+    table = text.split("<!-- limits-table")[1].split("\n\n")[0]
+    rows = {}
+    for line in table.splitlines():
+        m = re.match(r"\| `(\w+)` \| `(\w+)` \| ([^|]+) \|", line)
+        if m:
+            rows[m.group(1)] = (m.group(2), m.group(3).strip())
+    return rows
+
+
+def test_every_limit_is_documented_with_its_default() -> None:
+    rows = _rows()
+    defaults = Limits()
+    assert sorted(rows) == sorted(Limits.names())
+    for name, (env, default) in rows.items():
+        assert env == "RUA_SINK_" + name.upper()
+        assert parse_size(default.replace(" ", "")) == getattr(defaults, name), name
+
+
+def test_every_reason_is_documented() -> None:
+    text = (ROOT / "README.md").read_text()
+    for reason in Reason:
+        assert f"`{reason.value}`" in text
+
+
+def test_size_syntax() -> None:
+    assert parse_size("1000") == 1000
+    assert parse_size("64MiB") == parse_size("64m") == 64 * 1024 * 1024
+    assert parse_size("1 GiB") == 1 << 30
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "ten", "5 parsecs", ""])
+def test_bad_sizes(bad: str) -> None:
+    with pytest.raises(ValueError, match="size|positive"):
+        parse_size(bad)
+
+
+def test_limits_from_env() -> None:
+    limits = Limits.from_env({"RUA_SINK_MAX_RECORDS": "10", "RUA_SINK_OTHER": "x"})
+    assert limits.max_records == 10
+    assert limits.max_message_bytes == Limits().max_message_bytes
