@@ -46,7 +46,7 @@ def test_size_syntax() -> None:
 
 @pytest.mark.parametrize("bad", ["0", "-1", "ten", "5 parsecs", ""])
 def test_bad_sizes(bad: str) -> None:
-    with pytest.raises(ValueError, match="size|positive"):
+    with pytest.raises(ValueError, match=r"size|positive"):
         parse_size(bad)
 
 

@@ -84,7 +84,7 @@ _UNITS = {None: 1, "k": KiB, "m": MiB, "g": GiB, "t": 1024 * GiB}
 
 
 def parse_size(text: str) -> int:
-    """``"1000"`` -> 1000, ``"64MiB"`` / ``"64m"`` -> 67108864 (powers of two, as RFC 7489 6.2)."""
+    """``"1000"`` -> 1000; ``"64MiB"`` or ``"64m"`` -> 64 * 2**20 (binary units, RFC 7489 6.2)."""
     m = _SIZE.match(text)
     if m is None:
         raise ValueError(f"not a size or count: {text!r}")
