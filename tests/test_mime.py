@@ -236,3 +236,18 @@ def test_missing_final_base64_padding_is_tolerated() -> None:
     encoded = base64.b64encode(gz(report_xml(1))).rstrip(b"=")
     data = b"Content-Type: application/gzip\r\nContent-Transfer-Encoding: base64\r\n\r\n" + encoded
     assert report_ids(parse(data)) == ["r-1"]
+
+
+def test_long_quoted_printable_line_in_tiny_chunks() -> None:
+    # One 30 KB line with escapes and no soft breaks, fed a few bytes at a time.
+    xml = report_xml(40, org="A=B").replace(b"\n", b" ")
+    qp = xml.replace(b"=", b"=3D")
+    data = b"Content-Type: text/xml\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n" + qp
+    got = parse(data, 3)
+    assert got.aggregates[0][0].metadata.org_name == "A=B"
+    assert got.aggregates[0][2].record_count == 40
+
+
+def test_header_block_fed_a_byte_at_a_time() -> None:
+    data = message((gz(report_xml(1)), "application/gzip", "r.xml.gz"))
+    assert report_ids(parse(data, 1)) == ["r-1"]

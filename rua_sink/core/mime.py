@@ -95,6 +95,9 @@ class _Base64:
             raise TransferEncodingError(f"broken base64: {exc}") from exc
 
 
+_QP_HOLD = 4096
+
+
 class _QuotedPrintable:
     """RFC 2045 6.7, decoded a whole line at a time so soft breaks are not split."""
 
@@ -104,6 +107,11 @@ class _QuotedPrintable:
     def decode(self, data: bytes) -> bytes:
         data = self._rest + data
         cut = data.rfind(b"\n") + 1
+        if len(data) - cut > _QP_HOLD:
+            # A long line (RFC 2045 allows 76 characters): decode what cannot be part
+            # of an escape, rather than holding the line.
+            eq = data.rfind(b"=", len(data) - 3)
+            cut = eq if eq >= 0 else len(data)
         self._rest = data[cut:]
         return binascii.a2b_qp(data[:cut]) if cut else b""
 
@@ -263,6 +271,7 @@ class MimeWalker:
         self._received = 0
         self._parts = 0
         self._line_len = 0
+        self._header_scan = 0
         # Context of the next header block: nesting depth and what it belongs to.
         self._next_depth = 0
         self._next_in_arf = False
@@ -312,10 +321,14 @@ class MimeWalker:
         elif buf.startswith(b"\n"):
             end, consumed = 0, 1
         else:
-            lf, crlf = buf.find(b"\n\n"), buf.find(b"\n\r\n")
+            # Resume where the last search stopped: a header block fed a byte at a
+            # time must not be rescanned from its start each time.
+            start = self._header_scan
+            lf, crlf = buf.find(b"\n\n", start), buf.find(b"\n\r\n", start)
             if lf < 0 and crlf < 0:
                 if len(buf) > self._limits.max_header_bytes:
                     raise HeaderTooLarge(len(buf), self._limits.max_header_bytes)
+                self._header_scan = max(0, len(buf) - 2)
                 return False  # close() takes a header block without a blank line
             if crlf < 0 or 0 <= lf < crlf:
                 end, consumed = lf + 1, lf + 2
@@ -325,6 +338,7 @@ class MimeWalker:
                 raise HeaderTooLarge(consumed, self._limits.max_header_bytes)
         block = bytes(buf[:end])
         del buf[:consumed]
+        self._header_scan = 0
         self._on_headers(block)
         return True
 
