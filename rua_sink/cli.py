@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from . import __version__, jsonout
+from .backfill import REPORT_SUFFIXES
+from .commands import add_commands
 from .core.errors import RuaSinkError
 from .core.limits import Limits
 from .core.model import (
@@ -22,9 +24,7 @@ from .core.model import (
     TlsReport,
 )
 from .core.pipeline import parse_file
-
-#: What a directory is searched for; an explicit file is parsed whatever its name.
-REPORT_SUFFIXES = (".eml", ".msg", ".xml", ".gz", ".zip", ".json", ".zlib")
+from .database import DatabaseError
 
 
 def _dumps(obj: Any) -> str:
@@ -121,7 +121,7 @@ def limits_from(args: argparse.Namespace) -> Limits:
 
 
 def cmd_parse(args: argparse.Namespace, out: TextIO) -> int:
-    limits = limits_from(args)
+    limits: Limits = args.limits
     status = 0
     for path in iter_inputs(args.paths):
         printer = _Printer(out, str(path), records=args.records)
@@ -152,9 +152,17 @@ def build_parser() -> argparse.ArgumentParser:
         prog="rua-sink", description="Receive and store DMARC and SMTP TLS reports."
     )
     parser.add_argument("--version", action="version", version=f"rua-sink {__version__}")
+    limits_parent = argparse.ArgumentParser(add_help=False)
+    limits_parent.add_argument(
+        "--limit",
+        action="append",
+        metavar="NAME=VALUE",
+        help="override a limit, e.g. max_records=1000 or max_message_bytes=16MiB (repeatable)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser(
         "parse",
+        parents=[limits_parent],
         help="parse report files and messages; print one JSON line per report",
         description="Parse .eml messages and bare report files (.xml, .xml.gz, .zip, .zlib, "
         ".json); directories are searched recursively. Prints one JSON line per report; "
@@ -162,22 +170,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--records", action="store_true", help="include every record (streamed)")
-    p.add_argument(
-        "--limit",
-        action="append",
-        metavar="NAME=VALUE",
-        help="override a limit, e.g. max_records=1000 or max_message_bytes=16MiB (repeatable)",
-    )
     p.set_defaults(func=cmd_parse)
+    add_commands(sub, limits_parent)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if hasattr(args, "limit"):
+        args.limits = limits_from(args)
     try:
         return int(args.func(args, sys.stdout))
     except BrokenPipeError:
         return 1
+    except DatabaseError as exc:
+        print(f"rua-sink: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -115,9 +115,19 @@ def parse_file(
         size = path.stat().st_size
         if size > limits.max_message_bytes:
             raise MessageTooLarge(size, limits.max_message_bytes)
-        head = file.read(64)
-        file.seek(0)
-        if not is_bare_report(head):
-            yield from parse_message(file_chunks(file, CHUNK), limits, spool)
-            return
-        yield from parse_part(file, PartInfo(index=1, filename=path.name), limits, spool)
+        yield from parse_stream(file, path.name, limits, spool)
+
+
+def parse_stream(
+    file: IO[bytes],
+    name: str | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    spool: SpoolFactory = default_spool,
+) -> Iterator[Event]:
+    """Like ``parse_file`` for an open, seekable file positioned at its start."""
+    head = file.read(64)
+    file.seek(0)
+    if is_bare_report(head):
+        yield from parse_part(file, PartInfo(index=1, filename=name), limits, spool)
+    else:
+        yield from parse_message(file_chunks(file, CHUNK), limits, spool)

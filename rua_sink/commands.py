@@ -1,0 +1,231 @@
+"""Storage commands: migrate, ingest (backfill), reprocess, prune, db."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+import asyncpg
+
+from . import backfill, migrate
+from .core.limits import Limits
+from .database import DatabaseError, embedded, ensure_database, resolve_url
+from .ingest import Ingester, IngestResult, Outcome
+from .store import Envelope, Store
+
+
+@asynccontextmanager
+async def open_store(*, apply_migrations: bool = True) -> AsyncIterator[Store]:
+    url = resolve_url(os.environ)
+    await ensure_database(url)
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+    try:
+        if apply_migrations:
+            async with pool.acquire() as conn:
+                await migrate.migrate(conn)
+        store = Store(pool)
+        await store.load_partitions()
+        yield store
+    finally:
+        await pool.close()
+
+
+def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    async def run() -> list[migrate.Migration]:
+        async with open_store(apply_migrations=False) as store, store.pool.acquire() as conn:
+            return await migrate.migrate(conn)
+
+    done = asyncio.run(run())
+    out.write(json.dumps({"applied": [m.name for m in done]}) + "\n")
+    return 0
+
+
+@dataclass
+class Summary:
+    messages: int = 0
+    reports_new: int = 0
+    reports_duplicate: int = 0
+    messages_duplicate: int = 0
+    quarantined: int = 0
+    not_a_report: int = 0
+    records: int = 0
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, label: str, result: IngestResult) -> None:
+        self.messages += 1
+        self.reports_new += result.reports_new
+        self.reports_duplicate += result.reports_duplicate
+        self.records += result.records
+        if result.outcome is Outcome.DUPLICATE and result.raw_message_id is None:
+            self.messages_duplicate += 1
+        elif result.outcome is Outcome.QUARANTINED:
+            self.quarantined += 1
+            self.quarantine.append(
+                {"source": label, "reason": str(result.reason), "detail": result.detail}
+            )
+        elif result.outcome is Outcome.NOT_A_REPORT:
+            self.not_a_report += 1
+
+    def line(self) -> str:
+        return (
+            f"{self.messages} messages: {self.reports_new} reports new, "
+            f"{self.reports_duplicate} duplicate, {self.quarantined} quarantined, "
+            f"{self.not_a_report} not reports; {self.records} records"
+        )
+
+
+class Progress:
+    """One status line on a terminal, rewritten at most ten times a second."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self._last = 0.0
+
+    def update(self, summary: Summary, label: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < 0.1):
+            return
+        self._last = now
+        text = f"\r\x1b[K{summary.line()}  {label[-60:]}"
+        self.stream.write(text)
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
+    limits: Limits = args.limits
+    summary = Summary()
+    progress = Progress(sys.stderr)
+
+    async def run() -> None:
+        async with open_store() as store:
+            ingester = Ingester(store, limits=limits)
+            for item in backfill.items(args.paths):
+                try:
+                    result = await ingester.ingest(item.file, Envelope(source=item.label))
+                finally:
+                    item.file.close()
+                summary.add(item.label, result)
+                progress.update(summary, item.label)
+
+    asyncio.run(run())
+    progress.done()
+    if args.json:
+        out.write(json.dumps(summary.__dict__) + "\n")
+    else:
+        out.write(summary.line() + "\n")
+        for q in summary.quarantine:
+            out.write(f"quarantined: {q['source']}: {q['reason']}: {q['detail']}\n")
+    return 0
+
+
+def cmd_reprocess(args: argparse.Namespace, out: TextIO) -> int:
+    summary = Summary()
+
+    async def run() -> None:
+        async with open_store() as store:
+            ingester = Ingester(store, limits=args.limits)
+            ids = args.ids or await store.raw_messages(quarantined_only=not args.all)
+            for raw_id in ids:
+                summary.add(f"raw_message {raw_id}", await ingester.reprocess(raw_id))
+
+    asyncio.run(run())
+    if args.json:
+        out.write(json.dumps(summary.__dict__) + "\n")
+    else:
+        out.write(summary.line() + "\n")
+    return 0
+
+
+_DURATION = re.compile(r"^(\d+)\s*(d|w|m|y)$")
+_DAYS = {"d": 1, "w": 7, "m": 30, "y": 365}
+
+
+def parse_duration(text: str) -> timedelta:
+    m = _DURATION.match(text.strip().lower())
+    if m is None:
+        raise argparse.ArgumentTypeError(f"not a duration (e.g. 400d, 12w, 18m, 2y): {text!r}")
+    return timedelta(days=int(m.group(1)) * _DAYS[m.group(2)])
+
+
+def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
+    cutoff = datetime.now(UTC) - args.older_than
+
+    async def run() -> dict[str, int]:
+        async with open_store() as store:
+            return await store.prune(cutoff)
+
+    result = asyncio.run(run())
+    out.write(json.dumps({"cutoff": cutoff.isoformat(), **result}) + "\n")
+    return 0
+
+
+def cmd_db(args: argparse.Namespace, out: TextIO) -> int:
+    server = embedded(os.environ)
+    if args.action == "start":
+        out.write(server.start() + "\n")
+    elif args.action == "stop":
+        out.write(("stopped" if server.stop() else "not running") + "\n")
+    else:
+        out.write(f"{server.url}\n")
+    return 0
+
+
+def add_commands(sub: Any, limits_parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("migrate", help="apply pending database migrations")
+    p.set_defaults(func=cmd_migrate)
+
+    p = sub.add_parser(
+        "ingest",
+        parents=[limits_parent],
+        help="store report files, messages, mbox files and Maildir folders",
+        description="Backfill: the same files as parse, plus mbox files and Maildir folders. "
+        "Each message is stored once with its reports; failures are quarantined.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser(
+        "reprocess",
+        parents=[limits_parent],
+        help="parse stored raw messages again (quarantined ones by default)",
+    )
+    p.add_argument("ids", nargs="*", type=int, metavar="RAW_MESSAGE_ID")
+    p.add_argument("--all", action="store_true", help="every raw message, not only quarantined")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reprocess)
+
+    p = sub.add_parser(
+        "prune", help="drop reports, record partitions and raw messages past retention"
+    )
+    p.add_argument(
+        "--older-than",
+        type=parse_duration,
+        required=True,
+        metavar="DURATION",
+        help="e.g. 400d, 56w, 18m, 2y",
+    )
+    p.set_defaults(func=cmd_prune)
+
+    p = sub.add_parser("db", help="the embedded PostgreSQL: start, stop, or print its URL")
+    p.add_argument("action", choices=("start", "stop", "url"))
+    p.set_defaults(func=cmd_db)
+
+
+__all__ = ["DatabaseError", "add_commands"]

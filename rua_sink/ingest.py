@@ -1,0 +1,332 @@
+"""The ingest use case: one message -> its reports -> PostgreSQL, in one transaction.
+
+The pure core runs in a worker thread and hands its events over in batches through a
+bounded queue, so the event loop keeps serving while a large report is parsed, and
+memory holds a few batches at most. Records are bulk-loaded with COPY.
+
+Outcomes (SPEC.md, decisions): a report-like part that fails to unpack or parse
+quarantines the message (raw bytes kept with the reason, re-parseable later); a report
+already stored is a duplicate and is kept once; a message with nothing report-like is
+``not_a_report``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import gzip
+import io
+import tempfile
+import threading
+from collections.abc import AsyncGenerator, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import IO, Any
+
+from .core.errors import NotAReport, Reason, RuaSinkError
+from .core.limits import Limits
+from .core.model import (
+    AggregateEnd,
+    AggregateReport,
+    Event,
+    FailureReport,
+    PartFailed,
+    Record,
+    TlsReport,
+)
+from .core.pipeline import parse_stream
+from .store import (
+    Conn,
+    Envelope,
+    MissingPartition,
+    RawMessage,
+    Store,
+    epoch,
+    month_start,
+    record_row,
+    reporter_key,
+)
+
+
+class Outcome(StrEnum):
+    STORED = "stored"  # at least one new report, nothing failed
+    DUPLICATE = "duplicate"  # every report (or the very same message) was stored before
+    QUARANTINED = "quarantined"  # a report-like part failed: raw message kept with the reason
+    NOT_A_REPORT = "not_a_report"  # nothing report-like in the message
+
+
+@dataclass(slots=True)
+class IngestResult:
+    outcome: Outcome
+    raw_message_id: int | None
+    reports_new: int = 0
+    reports_duplicate: int = 0
+    parts_failed: int = 0
+    records: int = 0
+    reason: Reason | None = None
+    detail: str | None = None
+    reports: list[str] = field(default_factory=list)  # "type:report_id" of new ones
+
+
+_END = object()
+
+
+@dataclass(slots=True)
+class _Raised:
+    exc: BaseException
+
+
+async def events_in_thread(
+    produce: Callable[[], Iterator[Event]], batch: int = 2000, depth: int = 4
+) -> AsyncGenerator[list[Event], None]:
+    """Run a core generator in a thread; yield its events in lists of up to ``batch``.
+
+    At most ``depth`` batches wait in the queue: the thread blocks when the consumer
+    (the database) is slower, so memory stays bounded. An exception in the thread is
+    raised here, in the consumer.
+    """
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item: object) -> bool:
+        fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
+        while True:
+            try:
+                fut.result(timeout=0.2)
+                return True
+            except concurrent.futures.TimeoutError:
+                if stop.is_set():
+                    fut.cancel()
+                    return False
+
+    def run() -> None:
+        try:
+            pending: list[Event] = []
+            for ev in produce():
+                pending.append(ev)
+                if len(pending) >= batch:
+                    if not put(pending):
+                        return
+                    pending = []
+            if pending and not put(pending):
+                return
+            put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
+            put(_Raised(exc))
+
+    thread = threading.Thread(target=run, name="rua-sink-parse", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = await queue.get()
+            if item is _END:
+                return
+            if isinstance(item, _Raised):
+                raise item.exc
+            yield item
+    finally:
+        stop.set()
+        while not queue.empty():
+            queue.get_nowait()
+
+
+class Ingester:
+    """Stores messages through a ``Store``; one instance serves many messages at once."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        limits: Limits,
+        copy_batch: int = 5000,
+        keep_non_reports: bool = True,
+    ) -> None:
+        self.store = store
+        self.limits = limits
+        self.copy_batch = copy_batch
+        self.keep_non_reports = keep_non_reports
+
+    async def ingest(
+        self,
+        file: IO[bytes],
+        envelope: Envelope,
+        *,
+        received_at: datetime | None = None,
+    ) -> IngestResult:
+        """Store one message read from ``file`` (seekable). Commits before returning."""
+        raw = await asyncio.to_thread(RawMessage.read, file)
+        when = received_at or datetime.now(UTC)
+        for _ in range(24):
+            file.seek(0)
+            try:
+                async with self.store.pool.acquire() as conn, conn.transaction():
+                    raw_id = await self.store.insert_raw(conn, raw, envelope, when)
+                    if raw_id is None:
+                        return IngestResult(Outcome.DUPLICATE, None)
+                    result = await self._process(conn, raw_id, file, _name(envelope))
+                    if result.outcome is Outcome.NOT_A_REPORT and not self.keep_non_reports:
+                        raise _Discard(result)
+                    return result
+            except MissingPartition as missing:
+                # Created outside the message's transaction, which has been rolled back:
+                # creating it from inside could wait on ourselves. Then start over.
+                await self.store.create_partition(missing.month)
+            except _Discard as discard:
+                return discard.result
+        raise RuntimeError("a message needed more than 24 new monthly partitions")
+
+    async def reprocess(self, raw_id: int) -> IngestResult:
+        """Parse a stored raw message again with the current code, replacing what it
+        produced before (idempotent)."""
+        content, envelope, _ = await self.store.raw_content(raw_id)
+        for _ in range(24):
+            with tempfile.SpooledTemporaryFile(max_size=self.limits.spool_memory_bytes) as spool:
+                with gzip.GzipFile(fileobj=io.BytesIO(content)) as unpacked:
+                    while chunk := unpacked.read(1 << 20):
+                        spool.write(chunk)
+                spool.seek(0)
+                try:
+                    async with self.store.pool.acquire() as conn, conn.transaction():
+                        await self.store.clear_reports(conn, raw_id)
+                        return await self._process(conn, raw_id, spool, _name(envelope))
+                except MissingPartition as missing:
+                    await self.store.create_partition(missing.month)
+        raise RuntimeError("a message needed more than 24 new monthly partitions")
+
+    async def _process(
+        self, conn: Conn, raw_id: int, file: IO[bytes], name: str | None
+    ) -> IngestResult:
+        result = IngestResult(Outcome.STORED, raw_id)
+        run = _Run(self, conn, result)
+        status, reason, detail = "stored", None, None
+        limits = self.limits
+        try:
+            async with contextlib.aclosing(
+                events_in_thread(lambda: parse_stream(file, name, limits))
+            ) as batches:
+                async for events in batches:
+                    await run.feed(events)
+        except NotAReport as exc:
+            result.outcome = Outcome.NOT_A_REPORT
+            status, reason, detail = "not_a_report", exc.reason, exc.detail
+        except RuaSinkError as exc:  # about the whole message: a cap, its structure
+            await run.abandon()
+            result.outcome = Outcome.QUARANTINED
+            status, reason, detail = "quarantined", exc.reason, exc.detail
+        if result.outcome is Outcome.STORED and run.failures:
+            first = run.failures[0].error
+            result.outcome = Outcome.QUARANTINED
+            status, reason, detail = "quarantined", first.reason, first.detail
+        elif result.outcome is Outcome.STORED and result.reports_new == 0:
+            result.outcome = Outcome.DUPLICATE
+        result.parts_failed = len(run.failures)
+        result.reason = reason
+        result.detail = detail
+        await self.store.set_status(conn, raw_id, status, reason, detail)
+        return result
+
+
+def _name(envelope: Envelope) -> str | None:
+    """A backfilled file's name, a hint for a bare report file; None for SMTP."""
+    return None if envelope.source == "smtp" else envelope.source.rsplit("/", 1)[-1]
+
+
+class _Discard(Exception):
+    def __init__(self, result: IngestResult) -> None:
+        super().__init__("not a report")
+        self.result = result
+
+
+class _Run:
+    """What one message's event stream does to its transaction."""
+
+    def __init__(self, ingester: Ingester, conn: Conn, result: IngestResult) -> None:
+        self.ingester = ingester
+        self.store = ingester.store
+        self.conn = conn
+        self.result = result
+        self.failures: list[PartFailed] = []
+        self.rows: list[tuple[Any, ...]] = []
+        self.report: int | None = None  # row id of the aggregate report being loaded
+        self.savepoint: Any = None
+        self.begin_at = epoch(0)
+        self.month = month_start(self.begin_at)
+        self.domain = ""
+        self.reporter = ""
+
+    async def feed(self, events: list[Event]) -> None:
+        batch = self.ingester.copy_batch
+        for ev in events:
+            if type(ev) is Record:
+                if self.report is not None:
+                    self.rows.append(
+                        record_row(self.report, self.begin_at, self.domain, self.reporter, ev)
+                    )
+                    if len(self.rows) >= batch:
+                        await self.flush()
+            elif isinstance(ev, AggregateReport):
+                await self.begin(ev)
+            elif isinstance(ev, AggregateEnd):
+                await self.end(ev)
+            elif isinstance(ev, PartFailed):
+                await self.abandon()
+                self.failures.append(ev)
+            elif isinstance(ev, TlsReport):
+                async with self.conn.transaction():
+                    new = await self.store.insert_tls(
+                        self.conn, self.result.raw_message_id or 0, ev
+                    )
+                self._count(new, f"tlsrpt:{ev.report_id}")
+            elif isinstance(ev, FailureReport):
+                await self.store.insert_failure(self.conn, self.result.raw_message_id or 0, ev)
+                self._count(True, f"failure:{ev.feedback_type}")
+
+    def _count(self, new: bool, name: str) -> None:
+        if new:
+            self.result.reports_new += 1
+            self.result.reports.append(name)
+        else:
+            self.result.reports_duplicate += 1
+
+    async def begin(self, head: AggregateReport) -> None:
+        self.begin_at = epoch(head.metadata.begin)
+        self.month = month_start(self.begin_at)
+        if not self.store.has_partition(self.month):
+            raise MissingPartition(self.month)
+        self.domain = head.policy.domain
+        self.reporter = reporter_key(head.metadata.org_name, head.metadata.email)
+        self.savepoint = self.conn.transaction()
+        await self.savepoint.start()
+        raw_id = self.result.raw_message_id or 0
+        self.report = await self.store.insert_aggregate(self.conn, raw_id, head, self.reporter)
+        if self.report is None:
+            await self.savepoint.rollback()
+            self.savepoint = None
+
+    async def flush(self) -> None:
+        if self.rows:
+            rows, self.rows = self.rows, []
+            await self.store.copy_records(self.conn, rows, self.month)
+
+    async def end(self, end: AggregateEnd) -> None:
+        if self.report is None:
+            self._count(False, "")
+            return
+        await self.flush()
+        await self.store.finish_aggregate(self.conn, self.report, end)
+        await self.savepoint.commit()
+        self.savepoint = None
+        self.report = None
+        self.result.records += end.record_count
+        self._count(True, f"aggregate:{end.report.metadata.report_id}")
+
+    async def abandon(self) -> None:
+        """A report broke half-way: what it loaded is rolled back (SPEC.md C.26)."""
+        self.rows.clear()
+        if self.savepoint is not None:
+            await self.savepoint.rollback()
+            self.savepoint = None
+        self.report = None

@@ -1,0 +1,518 @@
+"""PostgreSQL storage: all SQL of rua-sink in one place (asyncpg).
+
+Storage takes parsed values, never raw XML: reports, records in batches, and the raw
+message as bytes beside them. One message is one transaction, so a reader sees a
+message's reports complete or not at all; a report that fails half-way is rolled back
+to its savepoint and the message is quarantined with the reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+import zlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import IO, TYPE_CHECKING, Any, TypeAlias
+
+import asyncpg
+import asyncpg.pool
+
+from . import __version__
+from .core.model import (
+    AggregateEnd,
+    AggregateReport,
+    FailureReport,
+    Record,
+    TlsReport,
+)
+
+if TYPE_CHECKING:
+    #: A connection, or one borrowed from a pool (the stubs make both generic).
+    Conn: TypeAlias = asyncpg.Connection[Any] | asyncpg.pool.PoolConnectionProxy[Any]
+else:
+    Conn = asyncpg.Connection
+
+RECORD_COLUMNS = (
+    "report",
+    "begin_at",
+    "policy_domain",
+    "reporter",
+    "source_ip",
+    "source_ip_text",
+    "message_count",
+    "disposition",
+    "dkim_aligned",
+    "spf_aligned",
+    "header_from",
+    "envelope_from",
+    "envelope_to",
+    "reason_types",
+    "reason_comments",
+    "dkim_domains",
+    "dkim_selectors",
+    "dkim_results",
+    "dkim_human_results",
+    "spf_domains",
+    "spf_scopes",
+    "spf_results",
+    "spf_human_results",
+    "extensions",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """How a message arrived: the SMTP envelope (RFC 5321 3.3), or the file it came from."""
+
+    source: str = "smtp"
+    peer_ip: str | None = None
+    helo: str | None = None
+    mail_from: str | None = None
+    rcpt_to: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """The message as received: digest, size and gzip'd bytes for the archive."""
+
+    sha256: bytes
+    size: int
+    content_gzip: bytes
+
+    @classmethod
+    def read(cls, file: IO[bytes], chunk: int = 1 << 20) -> RawMessage:
+        digest = hashlib.sha256()
+        packer = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip container
+        parts: list[bytes] = []
+        size = 0
+        while data := file.read(chunk):
+            size += len(data)
+            digest.update(data)
+            parts.append(packer.compress(data))
+        parts.append(packer.flush())
+        return cls(digest.digest(), size, b"".join(parts))
+
+
+def reporter_key(org_name: str, email: str | None) -> str:
+    """The reporter part of the dedup key: org_name, trimmed, spaces collapsed, lower case;
+    the contact address's domain when org_name is empty."""
+    key = " ".join(org_name.split()).lower()
+    if not key and email:
+        key = email.rpartition("@")[2].strip().lower()
+    return key
+
+
+def epoch(seconds: int) -> datetime:
+    # Dates before 1970 or far in the future are clamped to what PostgreSQL can hold.
+    seconds = max(min(seconds, 253402300799), -62135596800)
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(seconds=seconds)
+
+
+def month_start(moment: datetime) -> datetime:
+    return moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+
+
+def next_month(moment: datetime) -> datetime:
+    first = month_start(moment)
+    return (
+        first.replace(year=first.year + 1, month=1)
+        if first.month == 12
+        else first.replace(month=first.month + 1)
+    )
+
+
+def partition_name(month: datetime) -> str:
+    return f"aggregate_records_{month.year:04d}_{month.month:02d}"
+
+
+def record_row(
+    report: int, begin_at: datetime, domain: str, reporter: str, r: Record
+) -> tuple[Any, ...]:
+    ip = r.source_ip
+    is_ip = _inet(ip) is not None
+    dkims = r.dkim_results
+    spfs = r.spf_results
+    return (
+        report,
+        begin_at,
+        domain,
+        reporter,
+        ip if is_ip else None,
+        None if is_ip else ip,
+        r.count,
+        r.disposition,
+        r.dkim,
+        r.spf,
+        r.header_from,
+        r.envelope_from,
+        r.envelope_to,
+        [x.type for x in r.reasons],
+        [x.comment for x in r.reasons],
+        [d.domain for d in dkims],
+        [d.selector for d in dkims],
+        [d.result for d in dkims],
+        [d.human_result for d in dkims],
+        [s.domain for s in spfs],
+        [s.scope for s in spfs],
+        [s.result for s in spfs],
+        [s.human_result for s in spfs],
+        list(r.extensions),
+    )
+
+
+class MissingPartition(Exception):
+    """A record batch needs a monthly partition that does not exist yet."""
+
+    def __init__(self, month: datetime) -> None:
+        super().__init__(partition_name(month))
+        self.month = month
+
+
+class Store:
+    """Queries on one pool; the ingest transaction is driven by ``ingest.Ingester``."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+        self._partitions: set[datetime] = set()
+
+    # -- partitions -------------------------------------------------------------------
+
+    async def load_partitions(self) -> None:
+        rows = await self.pool.fetch(
+            """
+            SELECT c.relname FROM pg_inherits i
+            JOIN pg_class c ON c.oid = i.inhrelid
+            JOIN pg_class p ON p.oid = i.inhparent
+            WHERE p.relname = 'aggregate_records'
+            """
+        )
+        for row in rows:
+            name: str = row["relname"]
+            year, month = name.rsplit("_", 2)[-2:]
+            if year.isdigit() and month.isdigit():
+                self._partitions.add(datetime(int(year), int(month), 1, tzinfo=UTC))
+
+    def has_partition(self, month: datetime) -> bool:
+        return month in self._partitions
+
+    async def create_partition(self, month: datetime) -> None:
+        """Create the month's partition on a connection of its own (its own transaction),
+        under an advisory lock so that replicas do not race on it."""
+        name = partition_name(month)
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", name)
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF aggregate_records "
+                f"FOR VALUES FROM ('{month.isoformat()}') TO ('{next_month(month).isoformat()}')"
+            )
+        self._partitions.add(month)
+
+    # -- one message ------------------------------------------------------------------
+
+    @staticmethod
+    async def insert_raw(
+        conn: Conn, raw: RawMessage, envelope: Envelope, received_at: datetime
+    ) -> int | None:
+        """The raw message, once per digest; None if these exact bytes are stored already."""
+        value: int | None = await conn.fetchval(
+            """
+            INSERT INTO raw_messages (sha256, size_bytes, received_at, peer_ip, helo, mail_from,
+                                      rcpt_to, source, content_gzip, status, parser_version)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'stored', $10)
+            ON CONFLICT (sha256) DO NOTHING
+            RETURNING id
+            """,
+            raw.sha256,
+            raw.size,
+            received_at,
+            envelope.peer_ip,
+            envelope.helo,
+            envelope.mail_from,
+            list(envelope.rcpt_to),
+            envelope.source,
+            raw.content_gzip,
+            __version__,
+        )
+        return value
+
+    @staticmethod
+    async def set_status(
+        conn: Conn, raw_id: int, status: str, reason: str | None, detail: str | None
+    ) -> None:
+        await conn.execute(
+            """
+            UPDATE raw_messages SET status = $2, reason = $3, detail = $4,
+                   processed_at = now(), parser_version = $5
+            WHERE id = $1
+            """,
+            raw_id,
+            status,
+            reason,
+            detail,
+            __version__,
+        )
+
+    @staticmethod
+    async def insert_aggregate(
+        conn: Conn, raw_id: int, head: AggregateReport, reporter: str
+    ) -> int | None:
+        """The report's row, or None if the same report is stored already (RFC 9990 3.5.4:
+        a duplicate is accepted and kept once)."""
+        meta, pol = head.metadata, head.policy
+        value: int | None = await conn.fetchval(
+            """
+            INSERT INTO aggregate_reports (
+                raw_message_id, reporter, report_id, policy_domain, begin_at, end_at, org_name,
+                email, extra_contact_info, generator, errors, schema, version, adkim, aspf, p,
+                sp, np, pct, fo, testing, discovery_method, extensions, record_count,
+                message_count, part_filename, part_layers)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
+                    $17, $18, $19, $20, $21, $22, $23, 0, 0, $24, $25)
+            ON CONFLICT ON CONSTRAINT aggregate_reports_dedup DO NOTHING
+            RETURNING id
+            """,
+            raw_id,
+            reporter,
+            meta.report_id,
+            pol.domain,
+            epoch(meta.begin),
+            epoch(meta.end),
+            meta.org_name,
+            meta.email,
+            meta.extra_contact_info,
+            meta.generator,
+            list(meta.errors),
+            str(head.schema),
+            head.version,
+            pol.adkim,
+            pol.aspf,
+            pol.p,
+            pol.sp,
+            pol.np,
+            pol.pct,
+            pol.fo,
+            pol.testing,
+            pol.discovery_method,
+            list(head.extensions),
+            head.part.filename,
+            list(head.part.layers),
+        )
+        return value
+
+    @staticmethod
+    async def finish_aggregate(conn: Conn, report: int, end: AggregateEnd) -> None:
+        await conn.execute(
+            "UPDATE aggregate_reports SET record_count = $2, message_count = $3, repairs = $4 "
+            "WHERE id = $1",
+            report,
+            end.record_count,
+            end.message_count,
+            list(end.repairs),
+        )
+
+    async def copy_records(
+        self, conn: Conn, rows: Sequence[tuple[Any, ...]], month: datetime
+    ) -> None:
+        if not self.has_partition(month):
+            raise MissingPartition(month)
+        try:
+            await conn.copy_records_to_table(
+                "aggregate_records", records=rows, columns=RECORD_COLUMNS
+            )
+        except asyncpg.CheckViolationError as exc:  # "no partition of relation ... found"
+            self._partitions.discard(month)
+            raise MissingPartition(month) from exc
+
+    @staticmethod
+    async def insert_tls(conn: Conn, raw_id: int, report: TlsReport) -> bool:
+        """Store a TLS report with its policies and failure details; False if a duplicate."""
+        report_row: int | None = await conn.fetchval(
+            """
+            INSERT INTO tls_reports (raw_message_id, reporter, report_id, begin_at, end_at,
+                                     org_name, contact_info, success_count, failure_count,
+                                     part_filename)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+            ON CONFLICT ON CONSTRAINT tls_reports_dedup DO NOTHING
+            RETURNING id
+            """,
+            raw_id,
+            reporter_key(report.org_name, report.contact_info),
+            report.report_id,
+            epoch(report.begin),
+            epoch(report.end),
+            report.org_name,
+            report.contact_info,
+            report.success_count,
+            report.failure_count,
+            report.part.filename,
+        )
+        if report_row is None:
+            return False
+        for policy in report.policies:
+            policy_row = await conn.fetchval(
+                """
+                INSERT INTO tls_policies (tls_report, policy_type, policy_strings, policy_domain,
+                                          mx_hosts, success_count, failure_count)
+                VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id
+                """,
+                report_row,
+                policy.policy_type,
+                list(policy.policy_strings),
+                policy.policy_domain,
+                list(policy.mx_hosts),
+                policy.success_count,
+                policy.failure_count,
+            )
+            if policy.failure_details:
+                await conn.executemany(
+                    """
+                    INSERT INTO tls_failure_details (
+                        tls_policy, result_type, sending_mta_ip, receiving_mx_hostname,
+                        receiving_mx_helo, receiving_ip, failed_session_count,
+                        additional_information, failure_reason_code)
+                    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                    """,
+                    [
+                        (
+                            policy_row,
+                            d.result_type,
+                            _inet(d.sending_mta_ip),
+                            d.receiving_mx_hostname,
+                            d.receiving_mx_helo,
+                            _inet(d.receiving_ip),
+                            d.failed_session_count,
+                            d.additional_information,
+                            d.failure_reason_code,
+                        )
+                        for d in policy.failure_details
+                    ],
+                )
+        return True
+
+    @staticmethod
+    async def insert_failure(conn: Conn, raw_id: int, report: FailureReport) -> None:
+        await conn.execute(
+            """
+            INSERT INTO failure_reports (
+                raw_message_id, feedback_type, version, user_agent, auth_failure,
+                delivery_result, identity_alignment, reported_domains, source_ip, arrival_date,
+                original_mail_from, original_rcpt_to, authentication_results, dkim_domain,
+                dkim_selector, fields, original_headers)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+            ON CONFLICT ON CONSTRAINT failure_reports_once DO NOTHING
+            """,
+            raw_id,
+            report.feedback_type,
+            report.version,
+            report.user_agent,
+            report.auth_failure,
+            report.delivery_result,
+            report.identity_alignment,
+            list(report.reported_domains),
+            _inet(report.source_ip),
+            report.arrival_date,
+            report.original_mail_from,
+            list(report.original_rcpt_to),
+            list(report.authentication_results),
+            report.dkim_domain,
+            report.dkim_selector,
+            json.dumps([list(f) for f in report.fields]),
+            report.original_headers,
+        )
+
+    # -- maintenance ------------------------------------------------------------------
+
+    async def raw_messages(self, *, quarantined_only: bool) -> list[int]:
+        where = "WHERE status <> 'stored'" if quarantined_only else ""
+        rows = await self.pool.fetch(f"SELECT id FROM raw_messages {where} ORDER BY id")  # noqa: S608
+        return [r["id"] for r in rows]
+
+    async def raw_content(self, raw_id: int) -> tuple[bytes, Envelope, datetime]:
+        row = await self.pool.fetchrow(
+            "SELECT content_gzip, source, host(peer_ip) AS peer_ip, helo, mail_from, rcpt_to, "
+            "received_at FROM raw_messages WHERE id = $1",
+            raw_id,
+        )
+        if row is None:
+            raise KeyError(raw_id)
+        envelope = Envelope(
+            source=row["source"],
+            peer_ip=row["peer_ip"],
+            helo=row["helo"],
+            mail_from=row["mail_from"],
+            rcpt_to=tuple(row["rcpt_to"]),
+        )
+        return row["content_gzip"], envelope, row["received_at"]
+
+    @staticmethod
+    async def clear_reports(conn: Conn, raw_id: int) -> None:
+        """Forget what a raw message produced, before it is parsed again."""
+        ids = [
+            r["id"]
+            for r in await conn.fetch(
+                "SELECT id FROM aggregate_reports WHERE raw_message_id = $1", raw_id
+            )
+        ]
+        if ids:
+            await conn.execute(
+                "DELETE FROM aggregate_records WHERE report = ANY($1::bigint[])", ids
+            )
+            await conn.execute("DELETE FROM aggregate_reports WHERE id = ANY($1::bigint[])", ids)
+        await conn.execute("DELETE FROM tls_reports WHERE raw_message_id = $1", raw_id)
+        await conn.execute("DELETE FROM failure_reports WHERE raw_message_id = $1", raw_id)
+
+    async def prune(self, cutoff: datetime) -> dict[str, int]:
+        """Drop record partitions that end before ``cutoff``, and older reports and raw
+        messages."""
+        await self.load_partitions()
+        dropped = 0
+        for month in sorted(self._partitions):
+            if next_month(month) <= cutoff:
+                async with self.pool.acquire() as conn:
+                    await conn.execute(f"DROP TABLE IF EXISTS {partition_name(month)}")
+                self._partitions.discard(month)
+                dropped += 1
+        async with self.pool.acquire() as conn, conn.transaction():
+            reports = await conn.fetchval(
+                "WITH d AS (DELETE FROM aggregate_reports WHERE end_at < $1 RETURNING 1) "
+                "SELECT count(*) FROM d",
+                cutoff,
+            )
+            await conn.execute("DELETE FROM aggregate_records WHERE begin_at < $1", cutoff)
+            tls = await conn.fetchval(
+                "WITH d AS (DELETE FROM tls_reports WHERE end_at < $1 RETURNING 1) "
+                "SELECT count(*) FROM d",
+                cutoff,
+            )
+            raw = await conn.fetchval(
+                "WITH d AS (DELETE FROM raw_messages WHERE received_at < $1 RETURNING 1) "
+                "SELECT count(*) FROM d",
+                cutoff,
+            )
+        return {
+            "partitions_dropped": dropped,
+            "aggregate_reports": int(reports),
+            "tls_reports": int(tls),
+            "raw_messages": int(raw),
+        }
+
+
+def _inet(text: str | None) -> str | None:
+    """The text if PostgreSQL's inet takes it (the core has canonicalized addresses)."""
+    if text is None:
+        return None
+    family = socket.AF_INET6 if ":" in text else socket.AF_INET
+    try:
+        socket.inet_pton(family, text)
+    except (OSError, ValueError):
+        return None
+    return text
+
+
+def rows_for(
+    records: Iterable[Record], report: int, begin_at: datetime, domain: str, reporter: str
+) -> list[tuple[Any, ...]]:
+    return [record_row(report, begin_at, domain, reporter, r) for r in records]
