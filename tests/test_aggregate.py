@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
+from pathlib import Path
 
-from rua_sink.core.aggregate import parse_aggregate
+import pytest
+from lxml import etree
+
+from rua_sink.core.aggregate import _new_parser, parse_aggregate
 from rua_sink.core.errors import InvalidReport, TruncatedXml, XmlSyntaxError
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import (
@@ -198,3 +201,16 @@ def test_nested_record_inside_record_is_not_a_second_record() -> None:
     _, records, _ = parse(report_xml(body=record_xml(extra=record_xml("192.0.2.99"))))
     assert [r.source_ip for r in records] == ["192.0.2.1"]
     assert len(records[0].extensions) == 1
+
+
+def test_parser_reads_no_external_resource(tmp_path: Path) -> None:
+    # The second lock, behind the byte filter that refuses any DTD: were one to reach
+    # the parser, its external subset is not read. (Read, this file would be a DTD
+    # syntax error: "Content error in the external subset".)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("TOP-SECRET, not a DTD\n")
+    doc = f'<!DOCTYPE feedback SYSTEM "{secret.as_uri()}"><feedback><a>x</a></feedback>'
+    parser = _new_parser()
+    parser.feed(doc.encode())
+    root = parser.close()
+    assert b"TOP-SECRET" not in etree.tostring(root)

@@ -136,17 +136,21 @@ def ip_address(text: str) -> str:
     return canonical
 
 
+# Integers as reports write them: ASCII digits, a sign, and a fractional part that
+# some reporters add to timestamps (SPEC.md I.63). 18 digits keep values in int64.
+_INTEGER = re.compile(r"^[+-]?([0-9]{1,18})(?:\.[0-9]*)?$")
+
+
 def _int(text: str | None, what: str) -> int:
     if text is None:
         raise InvalidReport(f"{what} is missing")
-    try:
+    if text.isdigit() and len(text) <= 18 and text.isascii():  # the common case
         return int(text)
-    except ValueError:
-        try:
-            # Fractional timestamps are seen in the wild (SPEC.md I.63).
-            return int(float(text))
-        except ValueError as exc:
-            raise InvalidReport(f"{what} is not a number: {text[:40]!r}") from exc
+    m = _INTEGER.match(text)
+    if m is None:
+        raise InvalidReport(f"{what} is not an integer: {text[:40]!r}")
+    value = int(m.group(1))
+    return -value if text.startswith("-") else value
 
 
 def _serialize(el: Any) -> str:
@@ -208,7 +212,9 @@ def _policy(el: Any) -> PolicyPublished:
         p=_optional_enum(Policy, f.get("p")),
         sp=_optional_enum(Policy, f.get("sp")),
         np=_optional_enum(Policy, f.get("np")),
-        pct=int(pct) if pct is not None and pct.isdigit() else None,
+        pct=int(pct)
+        if pct is not None and pct.isascii() and pct.isdigit() and len(pct) < 4
+        else None,
         fo=f.get("fo"),
         testing=_optional_enum(PolicyTesting, f.get("testing")),
         discovery_method=_optional_enum(DiscoveryMethod, f.get("discovery_method")),
@@ -303,7 +309,8 @@ def _record(el: Any, max_depth: int) -> Record:
     in_auth = False
     walk = el.iter()
     next(walk)  # the record itself
-    for c in walk:
+    seen = 0
+    for seen, c in enumerate(walk, 1):  # noqa: B007 - seen is read after the loop
         tag = c.tag
         code = codes.get(tag, -2)
         if code == -2:
@@ -358,6 +365,9 @@ def _record(el: Any, max_depth: int) -> Record:
             reason[0] = _enum(_OVERRIDE, t)
         elif code == _COMMENT and reason is not None:
             reason[1] = t
+    if seen + 2 > max_depth:
+        # Only a record with at least as many elements as the depth cap can be too deep.
+        _check_depth(el, 2, max_depth)
     if source_ip is None:
         raise InvalidReport("record/row/source_ip is missing")
     return Record(
@@ -496,8 +506,18 @@ _NS_DOMAIN = etree.ErrorDomains.NAMESPACE
 _MISMATCH = re.compile(r"mismatch: ([^\s,]+) line \d+ and ([^\s,]+)")
 
 
+class _NothingResolver(etree.Resolver):
+    """Second lock behind xmlclean's refusal of DTDs: any external resource the parser
+    might still ask for (a DTD, an entity) resolves to nothing, without touching a file
+    or the network."""
+
+    # lxml calls resolve(system_url, public_id, context); lxml-stubs leave out context.
+    def resolve(self, system_url: str, public_id: str, context: Any) -> Any:  # type: ignore[override]
+        return self.resolve_string("", context)  # type: ignore[call-arg]
+
+
 def _new_parser() -> Any:
-    return etree.XMLPullParser(
+    parser = etree.XMLPullParser(
         events=("end",),
         tag=_EVENT_TAGS,
         resolve_entities=False,
@@ -510,6 +530,8 @@ def _new_parser() -> Any:
         remove_blank_text=True,  # indentation: about a third of a record's nodes
         collect_ids=False,
     )
+    parser.resolvers.add(_NothingResolver())
+    return parser
 
 
 def parse_aggregate(
@@ -525,6 +547,7 @@ def parse_aggregate(
     lines_before = 0
     max_depth = limits.max_xml_depth
     max_records = limits.max_records
+    closing = False
     stream = iter(chunks)
     final = False
     while not final:
@@ -566,8 +589,7 @@ def parse_aggregate(
                         doc.messages += record.count
                         yield record
                     else:
-                        if name == "extension":
-                            _check_depth(el, 2, max_depth)
+                        _check_depth(el, 2, max_depth)  # small elements: metadata, policy
                         yield from doc.top_level(name, el)
                     # Drop what has been read, and any stray siblings before it.
                     el.clear()
@@ -578,6 +600,7 @@ def parse_aggregate(
             if final and root_closed:
                 _close_after_root(parser, cleaner)
             elif final:
+                closing = True
                 closed = parser.close()
                 if closed is not None:
                     root = root if root is not None else _check_root(closed, doc)
@@ -595,7 +618,8 @@ def parse_aggregate(
             text = str(exc)
             if "Excessive depth" in text:
                 raise XmlTooDeep(257, limits.max_xml_depth, f"XML nesting too deep: {exc}") from exc
-            if final or "Premature end" in text or "EndTag" in text:
+            if closing:
+                # Everything was fed without complaint: the input stopped inside markup.
                 raise TruncatedXml(f"XML document ends early: {exc}") from exc
             raise XmlSyntaxError(f"XML is not well-formed: {exc}") from exc
         since_top = 0 if handled else since_top + len(data)

@@ -29,7 +29,7 @@ class Limits:
     max_mime_depth: int = 20
     #: MIME parts in one message, all levels.
     max_mime_parts: int = 500
-    #: Decompressed bytes of one report part, all archive layers together.
+    #: Decompressed bytes of one report part, all archive layers and members together.
     max_decompressed_bytes: int = 1 * GiB
     #: Output:input ratio of one compressed layer, checked past ``ratio_floor_bytes``.
     max_compression_ratio: int = 500

@@ -17,12 +17,14 @@ for reports: only its header block is kept.
 from __future__ import annotations
 
 import binascii
+import email.errors
+import email.header
 import email.parser
 import email.policy
 import email.utils
 from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import EmailMessage
+from email.message import Message
 from enum import Enum, auto
 from typing import IO, Protocol
 
@@ -41,7 +43,7 @@ from .sniff import SNIFF_BYTES, is_report_like
 
 SpoolFactory = Callable[[int], IO[bytes]]
 
-_HEADER_PARSER = email.parser.BytesParser(policy=email.policy.default)
+_HEADER_PARSER = email.parser.BytesParser(policy=email.policy.compat32)
 # RFC 2046 5.1.1: boundaries are 1 to 70 characters; "--" before, "--" and LWSP after.
 _MAX_DELIMITER_LINE = 2 + 70 + 2 + 64
 # Captured ARF parts are small by nature (RFC 5965 3); anything larger is cut.
@@ -140,57 +142,68 @@ class Headers:
     report_type: str | None
     cte: str
     filename: str | None
-    message: EmailMessage
+    message: Message
 
     @classmethod
     def parse(cls, block: bytes) -> Headers:
+        # compat32 keeps header values as text: the structured parsers of the newer
+        # policies raise on malformed addresses, which reporters' mail may carry.
         msg = _HEADER_PARSER.parsebytes(block, headersonly=True)
-        assert isinstance(msg, EmailMessage)
         ctype = msg.get_content_type()
         boundary = _param(msg, "boundary")
         report_type = _param(msg, "report-type")
-        cte = _text(msg, "content-transfer-encoding") or "7bit"
-        try:
-            filename = msg.get_filename() or _param(msg, "name")
-        except (ValueError, LookupError):
-            filename = None
+        cte = header_text(msg, "content-transfer-encoding") or "7bit"
+        filename = _param(msg, "filename", "content-disposition") or _param(msg, "name")
         return cls(
             content_type=ctype,
             boundary=boundary.encode("utf-8", "replace") if boundary else None,
             report_type=report_type.lower() if report_type else None,
             cte=cte.strip().lower(),
-            filename=filename.strip() if filename else None,
+            filename=_decode_words(filename).strip() if filename else None,
             message=msg,
         )
 
 
-def _param(msg: EmailMessage, name: str) -> str | None:
+def _param(msg: Message, name: str, header: str = "content-type") -> str | None:
     try:
-        value = msg.get_param(name)
-    except (ValueError, LookupError):
+        value = msg.get_param(name, header=header)
+        if isinstance(value, tuple):  # an RFC 2231 (charset, language, text) triple
+            value = email.utils.collapse_rfc2231_value(value)
+    except (ValueError, LookupError, TypeError):  # defects beyond repair
         return None
-    if isinstance(value, tuple):  # an undecoded RFC 2231 triple
-        value = email.utils.collapse_rfc2231_value(value)
     return str(value) if value else None
 
 
-def _text(msg: EmailMessage, name: str) -> str | None:
+def _decode_words(text: str) -> str:
+    """RFC 2047 encoded-words (subjects, and filenames that use them although RFC 2047
+    5 forbids it in parameters); text that does not decode is kept as it is."""
+    if "=?" not in text:
+        return text
     try:
-        value = msg.get(name)
-    except (ValueError, LookupError, IndexError):  # header value defects beyond repair
+        return str(email.header.make_header(email.header.decode_header(text)))
+    except (email.errors.HeaderParseError, LookupError, UnicodeError, ValueError):
+        return text
+
+
+def header_text(msg: Message, name: str) -> str | None:
+    """A header field's value: RFC 2047 decoded, unfolded; None if absent."""
+    value = msg.get(name)
+    if value is None:
         return None
-    return " ".join(str(value).split()) if value is not None else None
+    if not isinstance(value, str):  # an undecodable header object
+        value = str(value)
+    return " ".join(_decode_words(value).split())
 
 
 def message_info(headers: Headers) -> MessageInfo:
     msg = headers.message
     return MessageInfo(
-        subject=_text(msg, "subject"),
-        from_addr=_text(msg, "from"),
-        message_id=_text(msg, "message-id"),
-        date=_text(msg, "date"),
-        tls_report_domain=_text(msg, "tls-report-domain"),
-        tls_report_submitter=_text(msg, "tls-report-submitter"),
+        subject=header_text(msg, "subject"),
+        from_addr=header_text(msg, "from"),
+        message_id=header_text(msg, "message-id"),
+        date=header_text(msg, "date"),
+        tls_report_domain=header_text(msg, "tls-report-domain"),
+        tls_report_submitter=header_text(msg, "tls-report-submitter"),
     )
 
 

@@ -54,19 +54,23 @@ def _str(obj: dict[str, Any], *keys: str) -> str | None:
     return None
 
 
+_MAX_COUNT = 2**63 - 1
+
+
 def _count(obj: dict[str, Any], key: str) -> int:
+    """A session count: a non-negative integer that fits in 64 bits."""
     value = obj.get(key, 0)
     if value is None:
         return 0
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise InvalidReport(f"{key} is not a number")
-    try:
-        number = int(value)
-    except ValueError as exc:
-        raise InvalidReport(f"{key} is not a number: {str(value)[:40]!r}") from exc
-    if number < 0:
-        raise InvalidReport(f"{key} is negative")
-    return number
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidReport(f"{key} is not an integer: {str(value)[:40]!r}")
+    if not 0 <= value <= _MAX_COUNT:
+        raise InvalidReport(f"{key} is out of range")
+    return value
 
 
 def _timestamp(value: Any, what: str) -> int:

@@ -72,7 +72,8 @@ def payloads(
     file: IO[bytes], info: PartInfo, limits: Limits, spool: SpoolFactory
 ) -> Iterator[Payload]:
     """Every innermost document of a decoded part held in ``file`` (positioned at 0)."""
-    yield from _layer(file_chunks(file), info, limits, spool, 0, file)
+    budget = _Budget(limits.max_decompressed_bytes)
+    yield from _layer(file_chunks(file), info, limits, spool, 0, file, budget)
 
 
 def _layer(
@@ -82,21 +83,21 @@ def _layer(
     spool: SpoolFactory,
     depth: int,
     seekable: IO[bytes] | None,
+    budget: _Budget,
 ) -> Iterator[Payload]:
     head, chunks = peek(chunks, _HEAD)
     kind = sniff(head)
     if kind in (Kind.GZIP, Kind.ZLIB, Kind.ZIP) and depth + 1 > limits.max_archive_depth:
         raise ArchiveTooDeep(depth + 1, limits.max_archive_depth)
     if kind is Kind.GZIP or kind is Kind.ZLIB:
-        inner = _inflate(chunks, limits, multi_member=kind is Kind.GZIP)
-        yield from _layer(inner, info.with_layer(str(kind)), limits, spool, depth + 1, None)
+        inner = _inflate(chunks, limits, budget, multi_member=kind is Kind.GZIP)
+        yield from _layer(inner, info.with_layer(str(kind)), limits, spool, depth + 1, None, budget)
     elif kind is Kind.ZIP:
         file = seekable if seekable is not None else _spool_all(chunks, limits, spool)
         try:
-            for name, member in _zip_members(file, limits):
-                yield from _layer(
-                    member, info.with_layer(f"zip:{name}"), limits, spool, depth + 1, None
-                )
+            for name, member in _zip_members(file, limits, budget):
+                layer = info.with_layer(f"zip:{name}")
+                yield from _layer(member, layer, limits, spool, depth + 1, None, budget)
         finally:
             if file is not seekable:
                 file.close()
@@ -113,20 +114,35 @@ def _spool_all(chunks: Chunks, limits: Limits, spool: SpoolFactory) -> IO[bytes]
     return file
 
 
+class _Budget:
+    """Decompressed bytes of one part, every layer and member together."""
+
+    __slots__ = ("limit", "used")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def spend(self, n: int) -> None:
+        self.used += n
+        if self.used > self.limit:
+            raise DecompressedTooLarge(self.used, self.limit)
+
+
 class _Meter:
-    """Counts one layer's output and enforces the byte and ratio caps."""
+    """Counts one layer's output: the part's byte budget, and this layer's ratio."""
 
-    __slots__ = ("_limits", "produced")
+    __slots__ = ("_budget", "_limits", "produced")
 
-    def __init__(self, limits: Limits) -> None:
+    def __init__(self, limits: Limits, budget: _Budget) -> None:
         self._limits = limits
+        self._budget = budget
         self.produced = 0
 
     def add(self, out: int, consumed: int) -> None:
         self.produced += out
+        self._budget.spend(out)
         lim = self._limits
-        if self.produced > lim.max_decompressed_bytes:
-            raise DecompressedTooLarge(self.produced, lim.max_decompressed_bytes)
         if (
             self.produced > lim.ratio_floor_bytes
             and self.produced > consumed * lim.max_compression_ratio
@@ -135,11 +151,11 @@ class _Meter:
             raise CompressionRatioExceeded(ratio, lim.max_compression_ratio)
 
 
-def _inflate(chunks: Chunks, limits: Limits, *, multi_member: bool) -> Chunks:
+def _inflate(chunks: Chunks, limits: Limits, budget: _Budget, *, multi_member: bool) -> Chunks:
     """gzip or zlib, streamed. Trailing garbage after the last member is ignored
     (a stray CRLF after Mimecast's gzip, SPEC.md I.58); further gzip members are read
     (RFC 1952 2.2)."""
-    meter = _Meter(limits)
+    meter = _Meter(limits, budget)
     # wbits 47 = 32 + 15: detect a gzip or zlib header, 32 KiB window.
     d = zlib.decompressobj(wbits=47)
     consumed = 0
@@ -203,7 +219,7 @@ def _zip_entry_count(file: IO[bytes]) -> int | None:
     return int(count)
 
 
-def _zip_members(file: IO[bytes], limits: Limits) -> Iterator[tuple[str, Chunks]]:
+def _zip_members(file: IO[bytes], limits: Limits, budget: _Budget) -> Iterator[tuple[str, Chunks]]:
     declared = _zip_entry_count(file)
     if declared is not None and declared > limits.max_zip_members:
         raise TooManyArchiveMembers(declared, limits.max_zip_members)
@@ -220,11 +236,13 @@ def _zip_members(file: IO[bytes], limits: Limits) -> Iterator[tuple[str, Chunks]
         for member in members:
             if member.flag_bits & 0x1:
                 raise DecompressionError(f"zip member {member.filename!r} is encrypted")
-            yield member.filename, _zip_read(archive, member, limits)
+            yield member.filename, _zip_read(archive, member, limits, budget)
 
 
-def _zip_read(archive: zipfile.ZipFile, member: zipfile.ZipInfo, limits: Limits) -> Chunks:
-    meter = _Meter(limits)
+def _zip_read(
+    archive: zipfile.ZipFile, member: zipfile.ZipInfo, limits: Limits, budget: _Budget
+) -> Chunks:
+    meter = _Meter(limits, budget)
     try:
         with archive.open(member) as stream:
             while chunk := stream.read(CHUNK):
