@@ -18,6 +18,7 @@ import pwd
 import shutil
 import subprocess
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,7 +62,11 @@ def find_bindir() -> Path:
     candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
     candidates += sorted(glob.glob("/usr/pgsql-*/bin"), reverse=True)
     try:
-        import pgserver._commands  # noqa: PLC0415 - optional extra, only when needed
+        with warnings.catch_warnings():
+            # pgserver's import asks platformdirs for a runtime directory, which warns
+            # when XDG_RUNTIME_DIR is unset; only its binaries are used here.
+            warnings.simplefilter("ignore")
+            import pgserver._commands  # noqa: PLC0415 - optional extra, only when needed
 
         candidates.append(str(pgserver._commands.POSTGRES_BIN_PATH))
     except ImportError:

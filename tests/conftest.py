@@ -19,6 +19,8 @@ from rua_sink.core.model import (
     TlsReport,
 )
 
+pytest_plugins = ["tests.pg"]
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = (ROOT / ".." / "shared" / "corpus" / "real").resolve()
 

@@ -1,0 +1,112 @@
+"""A real PostgreSQL for the tests: RUA_SINK_TEST_DATABASE_URL if set, else the server on
+127.0.0.1:5432 if it answers, else an embedded one. Each test session creates its own
+database and drops it at the end."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import tempfile
+import uuid
+from collections.abc import Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from rua_sink.database import Embedded, find_bindir
+
+T = TypeVar("T")
+
+TABLES = (
+    "failure_reports",
+    "tls_failure_details",
+    "tls_policies",
+    "tls_reports",
+    "aggregate_records",
+    "aggregate_reports",
+    "raw_messages",
+)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+def with_database(url: str, name: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, "/" + name, parts.query, parts.fragment))
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def server_url() -> Iterator[str]:
+    configured = os.environ.get("RUA_SINK_TEST_DATABASE_URL")
+    if configured:
+        yield configured
+        return
+    if _answers("127.0.0.1", 5432):
+        yield "postgresql://postgres@127.0.0.1:5432/postgres"
+        return
+    # A directory the server's own user can reach when the tests run as root.
+    data = Path(tempfile.mkdtemp(prefix="rua-sink-test-pg-", dir="/tmp"))
+    data.chmod(0o755)
+    server = Embedded(data, find_bindir())
+    server.start()
+    try:
+        yield server.url.replace("/rua_sink?", "/postgres?")
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def database_url(server_url: str) -> Iterator[str]:
+    name = f"rua_sink_test_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await conn.close()
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    run(create())
+    try:
+        yield with_database(server_url, name)
+    finally:
+        run(drop())
+
+
+@pytest.fixture
+def db(database_url: str) -> str:
+    """The session's database, migrated, with every table empty."""
+
+    async def reset() -> None:
+        from rua_sink import migrate
+
+        conn = await asyncpg.connect(database_url)
+        try:
+            await migrate.migrate(conn)
+            await conn.execute(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY CASCADE")
+        finally:
+            await conn.close()
+
+    run(reset())
+    return database_url

@@ -1,0 +1,377 @@
+"""Storage against a real PostgreSQL: exactly once, quarantine, reprocess, migrations."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+
+from rua_sink import migrate
+from rua_sink.core.limits import Limits
+from rua_sink.ingest import Ingester, IngestResult, Outcome
+from rua_sink.store import Envelope, Store, reporter_key
+
+from .conftest import CORPUS
+from .pg import run
+from .reports import gz, message, report_xml
+from .test_corpus import AGGREGATES, ARF, TLS
+
+T = TypeVar("T")
+
+
+async def _with_store(url: str, fn: Callable[[Store], Awaitable[T]], size: int = 4) -> T:
+    pool = await asyncpg.create_pool(url, min_size=1, max_size=size)
+    try:
+        store = Store(pool)
+        await store.load_partitions()
+        return await fn(store)
+    finally:
+        await pool.close()
+
+
+def with_store(url: str, fn: Callable[[Store], Awaitable[T]], size: int = 4) -> T:
+    return run(_with_store(url, fn, size))
+
+
+async def ingest_bytes(
+    ingester: Ingester, data: bytes, source: str = "smtp", when: datetime | None = None
+) -> IngestResult:
+    return await ingester.ingest(io.BytesIO(data), Envelope(source=source), received_at=when)
+
+
+async def counts(store: Store) -> dict[str, int]:
+    out = {}
+    for table in (
+        "raw_messages",
+        "aggregate_reports",
+        "aggregate_records",
+        "tls_reports",
+        "failure_reports",
+    ):
+        out[table] = await store.pool.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608
+    return out
+
+
+def expected_corpus() -> dict[str, int]:
+    """What the corpus must store, from the values read off each file: a report whose
+    dedup key was seen before is stored once."""
+    keys: dict[tuple[str, ...], int] = {}
+    for _, org, report_id, domain, begin, end, records, _ in AGGREGATES:
+        keys.setdefault((reporter_key(org, None), report_id, domain, str(begin), str(end)), records)
+    tls = {(reporter_key(org, None), rid, str(b), str(e)) for _, org, rid, b, e, *_ in TLS}
+    return {
+        "raw_messages": len(AGGREGATES) + len(TLS) + len(ARF),
+        "aggregate_reports": len(keys),
+        "aggregate_records": sum(keys.values()),
+        "tls_reports": len(tls),
+        "failure_reports": len(ARF),
+    }
+
+
+def test_corpus_ingests_exactly_once(db: str) -> None:
+    files = sorted(
+        p
+        for p in CORPUS.rglob("*")
+        if p.is_file() and p.name not in ("SOURCES.md", "MANIFEST.sha256")
+    )
+
+    async def go(
+        store: Store,
+    ) -> tuple[list[IngestResult], dict[str, int], list[IngestResult], dict[str, int]]:
+        ingester = Ingester(store, limits=Limits())
+        first = []
+        for path in files:
+            with path.open("rb") as f:
+                first.append(await ingester.ingest(f, Envelope(source=str(path))))
+        after_first = await counts(store)
+        second = []
+        for path in files:
+            with path.open("rb") as f:
+                second.append(await ingester.ingest(f, Envelope(source=str(path))))
+        return first, after_first, second, await counts(store)
+
+    first, after_first, second, after_second = with_store(db, go)
+    assert after_first == expected_corpus()
+    assert {r.outcome for r in first} <= {Outcome.STORED, Outcome.DUPLICATE}
+    assert sum(r.reports_new for r in first) == (
+        after_first["aggregate_reports"]
+        + after_first["tls_reports"]
+        + after_first["failure_reports"]
+    )
+    assert after_second == after_first
+    assert all(r.outcome is Outcome.DUPLICATE and r.raw_message_id is None for r in second)
+
+
+def test_record_rows_keep_the_results(db: str) -> None:
+    path = CORPUS / "cry-inc__dmarc-report-viewer/testdata/dmarc-reports/invalid_casing.xml"
+
+    async def go(store: Store) -> asyncpg.Record:
+        with path.open("rb") as f:
+            await Ingester(store, limits=Limits()).ingest(f, Envelope(source=str(path)))
+        row = await store.pool.fetchrow("SELECT * FROM aggregate_records")
+        assert row is not None
+        return row
+
+    row = with_store(db, go)
+    assert str(row["source_ip"]) == "42.42.42.42"
+    assert row["spf_results"] == [
+        "none",
+        "neutral",
+        "pass",
+        "fail",
+        "HardFail",
+        "softfail",
+        "temperror",
+        "permerror",
+    ]
+    assert row["dkim_domains"] == [None] and row["dkim_results"] == ["fail"]
+    assert (row["disposition"], row["dkim_aligned"], row["dmarc_pass"]) == (
+        "quarantine",
+        "fail",
+        False,
+    )
+    assert row["begin_at"] == datetime(2024, 9, 23, tzinfo=UTC)
+
+
+def test_concurrent_ingests_of_one_report_store_it_once(db: str) -> None:
+    report = gz(report_xml(50, report_id="same"))
+    # Eight different messages (their Message-IDs differ) carrying the same report.
+    messages = [
+        message((report, "application/gzip", "r.xml.gz")).replace(
+            b"Subject:", f"Message-ID: <{i}@reporter.example>\r\nSubject:".encode(), 1
+        )
+        for i in range(8)
+    ]
+
+    async def go(store: Store) -> tuple[list[IngestResult], dict[str, int]]:
+        ingester = Ingester(store, limits=Limits())
+        results = await asyncio.gather(*(ingest_bytes(ingester, m) for m in messages))
+        return list(results), await counts(store)
+
+    results, after = with_store(db, go, size=10)
+    assert sorted(r.outcome for r in results) == [Outcome.DUPLICATE] * 7 + [Outcome.STORED]
+    assert after["raw_messages"] == 8
+    assert after["aggregate_reports"] == 1
+    assert after["aggregate_records"] == 50
+
+
+def test_quarantined_message_reprocessed_after_a_fix(db: str) -> None:
+    data = message((gz(report_xml(5)), "application/gzip", "r.xml.gz"))
+
+    async def go(
+        store: Store,
+    ) -> tuple[IngestResult, asyncpg.Record, IngestResult, IngestResult, dict[str, int]]:
+        strict = Ingester(store, limits=Limits(max_records=2))  # the "bug": too strict
+        first = await ingest_bytes(strict, data)
+        raw = await store.pool.fetchrow("SELECT status, reason, detail FROM raw_messages")
+        assert raw is not None
+        fixed = Ingester(store, limits=Limits())
+        assert await store.raw_messages(quarantined_only=True) == [first.raw_message_id]
+        again = await fixed.reprocess(first.raw_message_id or 0)
+        twice = await fixed.reprocess(first.raw_message_id or 0)
+        return first, raw, again, twice, await counts(store)
+
+    first, raw, again, twice, after = with_store(db, go)
+    assert first.outcome is Outcome.QUARANTINED
+    assert (raw["status"], raw["reason"]) == ("quarantined", "too_many_records")
+    assert again.outcome is Outcome.STORED and again.records == 5
+    assert twice.outcome is Outcome.STORED  # idempotent: replaces what it made before
+    assert after == {
+        "raw_messages": 1,
+        "aggregate_reports": 1,
+        "aggregate_records": 5,
+        "tls_reports": 0,
+        "failure_reports": 0,
+    }
+
+
+def test_report_broken_half_way_is_rolled_back_alone(db: str) -> None:
+    broken = gz(report_xml(300, report_id="broken"))[:-200]  # cut inside the records
+    data = message(
+        (gz(report_xml(3, report_id="good")), "application/gzip", "good.xml.gz"),
+        (broken, "application/gzip", "broken.xml.gz"),
+    )
+
+    async def go(store: Store) -> tuple[IngestResult, list[str], int, str]:
+        result = await ingest_bytes(Ingester(store, limits=Limits(), copy_batch=50), data)
+        ids = [
+            r["report_id"]
+            for r in await store.pool.fetch("SELECT report_id FROM aggregate_reports")
+        ]
+        records = await store.pool.fetchval("SELECT count(*) FROM aggregate_records")
+        status = await store.pool.fetchval("SELECT status FROM raw_messages")
+        return result, ids, records, status
+
+    result, ids, records, status = with_store(db, go)
+    assert result.outcome is Outcome.QUARANTINED
+    assert result.reason is not None and result.reason.value == "truncated_archive"
+    assert ids == ["good"] and records == 3 and status == "quarantined"
+
+
+def test_not_a_report_is_kept_for_backfill_and_dropped_for_smtp(db: str) -> None:
+    text = b"From: a@example.org\r\nSubject: hi\r\n\r\njust text\r\n"
+
+    async def go(store: Store) -> tuple[IngestResult, IngestResult, int]:
+        kept = await ingest_bytes(Ingester(store, limits=Limits()), text, source="backfill/x.eml")
+        dropped = await ingest_bytes(
+            Ingester(store, limits=Limits(), keep_non_reports=False), text + b"\r\n"
+        )
+        return kept, dropped, await store.pool.fetchval("SELECT count(*) FROM raw_messages")
+
+    kept, dropped, raw = with_store(db, go)
+    assert kept.outcome is dropped.outcome is Outcome.NOT_A_REPORT
+    assert raw == 1
+
+
+def test_monthly_partitions_and_prune(db: str) -> None:
+    def month_report(begin: int, rid: str) -> bytes:
+        return (
+            report_xml(2, report_id=rid)
+            .replace(b"1700000000", str(begin).encode())
+            .replace(b"1700086399", str(begin + 86399).encode())
+        )
+
+    jan, feb, jun = 1704067200, 1706745600, 1717200000  # 2024-01-01, 2024-02-01, 2024-06-01
+    two_months = message(
+        (month_report(jan, "jan"), "text/xml", "a.xml"),
+        (month_report(feb, "feb"), "text/xml", "b.xml"),
+    )
+
+    async def partitions(store: Store) -> set[str]:
+        rows = await store.pool.fetch(
+            "SELECT c.relname FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid"
+        )
+        return {r["relname"] for r in rows}
+
+    async def go(
+        store: Store,
+    ) -> tuple[set[str], dict[str, int], set[str], dict[str, int], set[str]]:
+        ingester = Ingester(store, limits=Limits())
+        old = datetime(2024, 1, 5, tzinfo=UTC)
+        assert (await ingest_bytes(ingester, two_months, when=old)).records == 4
+        await ingest_bytes(ingester, month_report(jun, "jun"), source="/x/jun.xml")
+        names = await partitions(store)
+        pruned = await store.prune(datetime(2024, 3, 1, tzinfo=UTC))
+        left = {
+            r["report_id"]
+            for r in await store.pool.fetch("SELECT report_id FROM aggregate_reports")
+        }
+        return names, pruned, left, await counts(store), await partitions(store)
+
+    names, pruned, left, after, remaining = with_store(db, go)
+    months = {"aggregate_records_2024_01", "aggregate_records_2024_02", "aggregate_records_2024_06"}
+    assert months <= names
+    assert months & remaining == {"aggregate_records_2024_06"}
+    assert pruned["partitions_dropped"] >= 2
+    assert pruned["raw_messages"] == 1
+    assert left == {"jun"}
+    assert after["aggregate_records"] == 2
+
+
+def test_migrations_twice_and_at_once(server_url: str) -> None:
+    from .pg import with_database
+
+    name = "rua_sink_migrate_" + os.urandom(4).hex()
+
+    async def go() -> tuple[list[list[migrate.Migration]], int]:
+        admin = await asyncpg.connect(server_url)
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        url = with_database(server_url, name)
+        try:
+            conns = [await asyncpg.connect(url) for _ in range(3)]
+            results = list(await asyncio.gather(*(migrate.migrate(c) for c in conns)))
+            results.append(await migrate.migrate(conns[0]))
+            rows = await conns[0].fetchval("SELECT count(*) FROM schema_migrations")
+            for c in conns:
+                await c.close()
+            return results, rows
+        finally:
+            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+            await admin.close()
+
+    results, rows = run(go())
+    applied = [len(r) for r in results]
+    assert sorted(applied) == [0, 0, 0, len(migrate.available())]
+    assert rows == len(migrate.available())
+
+
+def test_migrate_command_in_two_processes(db: str) -> None:
+    env = {**os.environ, "RUA_SINK_DATABASE_URL": db}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "rua_sink.cli", "migrate"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert all('"applied": []' in out for out, _ in outs)  # the db fixture migrated already
+
+
+def test_tls_and_failure_rows(db: str) -> None:
+    tls = CORPUS / "cry-inc__dmarc-report-viewer/testdata/smtp-tls-reports/rfc-example.json"
+    arf = CORPUS / "stalwartlabs__mail-auth/resources/arf/004.eml"
+
+    async def go(store: Store) -> tuple[list[Any], list[Any], Any]:
+        ingester = Ingester(store, limits=Limits())
+        for path in (tls, arf):
+            with path.open("rb") as f:
+                await ingester.ingest(f, Envelope(source=str(path)))
+        policies = await store.pool.fetch("SELECT * FROM tls_policies")
+        details = await store.pool.fetch("SELECT * FROM tls_failure_details ORDER BY result_type")
+        failure = await store.pool.fetchrow("SELECT * FROM failure_reports")
+        return list(policies), list(details), failure
+
+    policies, details, failure = with_store(db, go)
+    assert [(p["policy_type"], p["success_count"], p["failure_count"]) for p in policies] == [
+        ("sts", 5326, 303)
+    ]
+    assert sum(d["failed_session_count"] for d in details) == 303
+    assert failure["feedback_type"] == "auth-failure"
+    assert str(failure["source_ip"]) == "148.163.85.135"
+    assert failure["reported_domains"] == ["interpublication.org"]
+
+
+def test_backfill_of_mbox_and_maildir(db: str, tmp_path: Path) -> None:
+    def report_message(rid: str) -> bytes:
+        return message((gz(report_xml(2, report_id=rid)), "application/gzip", f"{rid}.xml.gz"))
+
+    mbox = tmp_path / "reports.mbox"
+    with mbox.open("wb") as f:
+        for rid in ("m1", "m2", "m3"):
+            f.write(b"From MAILER-DAEMON Thu Jan  1 00:00:00 2026\n")
+            f.write(report_message(rid).replace(b"\r\n", b"\n") + b"\n")
+    maildir = tmp_path / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    (maildir / "cur" / "1.host:2,S").write_bytes(report_message("d1"))
+    (maildir / "new" / "2.host").write_bytes(report_message("d2"))
+    env = {**os.environ, "RUA_SINK_DATABASE_URL": db}
+    proc = subprocess.run(
+        [sys.executable, "-m", "rua_sink.cli", "ingest", "--json", str(mbox), str(maildir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    summary = json.loads(proc.stdout)
+    assert summary["messages"] == 5
+    assert summary["reports_new"] == 5
+    assert summary["records"] == 10
+    assert summary["quarantined"] == 0
