@@ -1,0 +1,149 @@
+"""Ingest throughput: a report email file -> committed rows in PostgreSQL.
+
+Builds the gzip'd report emails of bench/parse.py (400,000 records by default), stores
+each in a fresh database with ``rua_sink.ingest.Ingester`` in a process of its own, and
+prints records/s (file read to commit), the child's peak RSS, and the time the same
+process takes to parse the file without storing it, as the baseline.
+
+    python bench/ingest.py [--runs 3] [--records 400000] [--database-url URL]
+
+The server is RUA_SINK_BENCH_DATABASE_URL (or --database-url), else 127.0.0.1:5432.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from parse import _fmt, build_email
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, json, resource, sys, time
+    import asyncpg
+    from rua_sink import migrate
+    from rua_sink.core.limits import Limits
+    from rua_sink.core.model import AggregateEnd
+    from rua_sink.core.pipeline import parse_stream
+    from rua_sink.ingest import Ingester
+    from rua_sink.store import Envelope, Store
+
+    path, url = sys.argv[1], sys.argv[2]
+
+    def parse_only():
+        t0 = time.perf_counter()
+        with open(path, "rb") as f:
+            n = sum(e.record_count for e in parse_stream(f) if isinstance(e, AggregateEnd))
+        return n, time.perf_counter() - t0
+
+    async def store():
+        pool = await asyncpg.create_pool(url, min_size=1, max_size=4)
+        async with pool.acquire() as conn:
+            await migrate.migrate(conn)
+        s = Store(pool)
+        await s.load_partitions()
+        ingester = Ingester(s, limits=Limits())
+        t0 = time.perf_counter()
+        with open(path, "rb") as f:
+            result = await ingester.ingest(f, Envelope(source=path))
+        seconds = time.perf_counter() - t0
+        rows = await pool.fetchval("SELECT count(*) FROM aggregate_records")
+        await pool.close()
+        return result.records, rows, seconds
+
+    records, rows, seconds = asyncio.run(store())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    parsed, parse_seconds = parse_only()
+    print(json.dumps({"records": records, "rows": rows, "seconds": seconds, "rss": rss,
+                      "parse_seconds": parse_seconds, "parsed": parsed}))
+    """
+)
+
+
+def with_database(url: str, name: str) -> str:
+    p = urlsplit(url)
+    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
+
+
+async def create_db(server: str, name: str) -> None:
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def drop_db(server: str, name: str) -> None:
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--records", type=int, default=400_000)
+    ap.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "RUA_SINK_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="rua-sink-bench-") as tmp:
+        path = Path(tmp) / f"report-{args.records}.eml"
+        xml_bytes = build_email(path, args.records)
+        runs = []
+        for _ in range(args.runs):
+            name = f"rua_sink_bench_{uuid.uuid4().hex[:10]}"
+            asyncio.run(create_db(args.database_url, name))
+            try:
+                out = subprocess.run(
+                    [
+                        sys.executable,
+                        "-c",
+                        CHILD,
+                        str(path),
+                        with_database(args.database_url, name),
+                    ],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+            finally:
+                asyncio.run(drop_db(args.database_url, name))
+            run = json.loads(out.stdout.strip().splitlines()[-1])
+            assert run["records"] == run["rows"] == run["parsed"] == args.records, run
+            runs.append(run)
+        secs = statistics.median(r["seconds"] for r in runs)
+        parse = statistics.median(r["parse_seconds"] for r in runs)
+        rss = max(r["rss"] for r in runs)
+        n = args.records
+        email_mb = path.stat().st_size / 1e6
+        print(f"ingest  {n} records  xml {xml_bytes / 1e6:.1f} MB  email {email_mb:.1f} MB")
+        print(
+            f"  file -> committed rows: median {secs:.2f} s  {n / secs:,.0f} records/s  "
+            f"(runs: {_fmt(runs)})"
+        )
+        print(f"  parse only, same process: median {parse:.2f} s  {n / parse:,.0f} records/s")
+        print(f"  storing costs {secs / parse:.2f}x the parse alone")
+        print(f"  peak RSS of the ingesting process: {rss / 2**20:.1f} MiB")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""The README's run command works with no database configured: an embedded PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .conftest import corpus
+
+
+@pytest.fixture
+def data_dir() -> Iterator[Path]:
+    # Under /tmp and world-traversable: as root, the server runs as another user.
+    path = Path(tempfile.mkdtemp(prefix="rua-sink-embedded-", dir="/tmp"))
+    path.chmod(0o755)
+    env = _env(path)
+    try:
+        yield path
+    finally:
+        subprocess.run(
+            [sys.executable, "-m", "rua_sink.cli", "db", "stop"],
+            env=env,
+            capture_output=True,
+            check=False,
+            timeout=60,
+        )
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _env(data: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUA_SINK_DATABASE_URL")}
+    env["RUA_SINK_DATA_DIR"] = str(data)
+    return env
+
+
+def cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rua_sink.cli", *args],
+        env=_env(data),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=180,
+    )
+
+
+def test_ingest_with_no_database_configured(data_dir: Path) -> None:
+    report = corpus("stalwartlabs__mail-auth/resources/dmarc-feedback/103.eml")
+    first = cli(data_dir, "ingest", str(report))
+    assert first.returncode == 0, first.stderr
+    assert f"using the embedded PostgreSQL in {data_dir / 'pgdata'}" in first.stderr
+    assert first.stdout.startswith("1 messages: 1 reports new")
+    assert (data_dir / "pgdata" / "PG_VERSION").exists()
+    # The server is left running; the next command finds it and the data.
+    second = cli(data_dir, "ingest", "--json", str(report))
+    assert second.returncode == 0, second.stderr
+    assert '"messages_duplicate": 1' in second.stdout
+    stopped = cli(data_dir, "db", "stop")
+    assert stopped.stdout.strip() == "stopped"

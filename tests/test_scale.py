@@ -1,0 +1,54 @@
+"""A 400,000-record report ingests completely in bounded memory."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from .conftest import ROOT
+from .pg import run
+
+sys.path.insert(0, str(ROOT / "bench"))
+from parse import build_email
+
+RECORDS = 400_000
+RSS_LIMIT = 150 * 2**20
+
+
+@pytest.mark.slow
+def test_400k_record_report_ingests_under_150_mb(db: str, tmp_path: Path) -> None:
+    path = tmp_path / "big.eml"
+    xml_bytes = build_email(path, RECORDS)
+    assert xml_bytes > 250e6  # about 270 MB of XML, in a 12 MB email
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rua_sink.cli", "ingest", "--json", str(path)],
+        env={**os.environ, "RUA_SINK_DATABASE_URL": db},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None and proc.stderr is not None
+    with proc.stdout, proc.stderr:
+        out = proc.stdout.read()
+        err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)  # the resource usage of this child alone
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    assert proc.returncode == 0, err
+    summary = json.loads(out)
+    assert summary["records"] == RECORDS and summary["reports_new"] == 1
+
+    async def rows() -> int:
+        conn = await asyncpg.connect(db)
+        try:
+            return int(await conn.fetchval("SELECT count(*) FROM aggregate_records"))
+        finally:
+            await conn.close()
+
+    assert run(rows()) == RECORDS
+    peak = usage.ru_maxrss * 1024
+    assert peak <= RSS_LIMIT, f"peak RSS {peak / 2**20:.0f} MiB"
