@@ -23,7 +23,7 @@ PERIOD = (datetime(2022, 1, 1, tzinfo=UTC), datetime(2023, 1, 1, tzinfo=UTC))
 def readme_queries() -> dict[str, str]:
     text = (ROOT / "README.md").read_text()
     found = re.findall(r"<!-- sql: ([^>]+?) -->\n```sql\n(.*?)```", text, re.S)
-    return {name: sql for name, sql in found}
+    return dict(found)
 
 
 def parsed_records() -> list[tuple[str, Record, datetime]]:
