@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import IO, Any
 
+from .copytext import record_line, report_prefix
 from .core.errors import NotAReport, Reason, RuaSinkError
 from .core.limits import Limits
 from .core.model import (
@@ -45,7 +46,6 @@ from .store import (
     Store,
     epoch,
     month_start,
-    record_row,
     reporter_key,
 )
 
@@ -249,7 +249,8 @@ class _Run:
         self.conn = conn
         self.result = result
         self.failures: list[PartFailed] = []
-        self.rows: list[tuple[Any, ...]] = []
+        self.rows: list[str] = []  # COPY text lines
+        self.prefix = ""  # the columns every record of the current report shares
         self.report: int | None = None  # row id of the aggregate report being loaded
         self.savepoint: Any = None
         self.begin_at = epoch(0)
@@ -262,9 +263,7 @@ class _Run:
         for ev in events:
             if type(ev) is Record:
                 if self.report is not None:
-                    self.rows.append(
-                        record_row(self.report, self.begin_at, self.domain, self.reporter, ev)
-                    )
+                    self.rows.append(record_line(self.prefix, ev))
                     if len(self.rows) >= batch:
                         await self.flush()
             elif isinstance(ev, AggregateReport):
@@ -302,14 +301,16 @@ class _Run:
         await self.savepoint.start()
         raw_id = self.result.raw_message_id or 0
         self.report = await self.store.insert_aggregate(self.conn, raw_id, head, self.reporter)
-        if self.report is None:
+        if self.report is not None:
+            self.prefix = report_prefix(self.report, self.begin_at, self.domain, self.reporter)
+        else:
             await self.savepoint.rollback()
             self.savepoint = None
 
     async def flush(self) -> None:
         if self.rows:
             rows, self.rows = self.rows, []
-            await self.store.copy_records(self.conn, rows, self.month)
+            await self.store.copy_lines(self.conn, rows, self.month)
 
     async def end(self, end: AggregateEnd) -> None:
         if self.report is None:

@@ -9,10 +9,10 @@ to its savepoint and the message is quarantined with the reason.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import socket
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
@@ -21,13 +21,8 @@ import asyncpg
 import asyncpg.pool
 
 from . import __version__
-from .core.model import (
-    AggregateEnd,
-    AggregateReport,
-    FailureReport,
-    Record,
-    TlsReport,
-)
+from .copytext import is_inet
+from .core.model import AggregateEnd, AggregateReport, FailureReport, TlsReport
 
 if TYPE_CHECKING:
     #: A connection, or one borrowed from a pool (the stubs make both generic).
@@ -126,41 +121,6 @@ def next_month(moment: datetime) -> datetime:
 
 def partition_name(month: datetime) -> str:
     return f"aggregate_records_{month.year:04d}_{month.month:02d}"
-
-
-def record_row(
-    report: int, begin_at: datetime, domain: str, reporter: str, r: Record
-) -> tuple[Any, ...]:
-    ip = r.source_ip
-    is_ip = _inet(ip) is not None
-    dkims = r.dkim_results
-    spfs = r.spf_results
-    return (
-        report,
-        begin_at,
-        domain,
-        reporter,
-        ip if is_ip else None,
-        None if is_ip else ip,
-        r.count,
-        r.disposition,
-        r.dkim,
-        r.spf,
-        r.header_from,
-        r.envelope_from,
-        r.envelope_to,
-        [x.type for x in r.reasons],
-        [x.comment for x in r.reasons],
-        [d.domain for d in dkims],
-        [d.selector for d in dkims],
-        [d.result for d in dkims],
-        [d.human_result for d in dkims],
-        [s.domain for s in spfs],
-        [s.scope for s in spfs],
-        [s.result for s in spfs],
-        [s.human_result for s in spfs],
-        list(r.extensions),
-    )
 
 
 class MissingPartition(Exception):
@@ -313,14 +273,14 @@ class Store:
             list(end.repairs),
         )
 
-    async def copy_records(
-        self, conn: Conn, rows: Sequence[tuple[Any, ...]], month: datetime
-    ) -> None:
+    async def copy_lines(self, conn: Conn, lines: Sequence[str], month: datetime) -> None:
+        """Bulk-load records given as COPY text lines (see ``copytext``)."""
         if not self.has_partition(month):
             raise MissingPartition(month)
+        data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
         try:
-            await conn.copy_records_to_table(
-                "aggregate_records", records=rows, columns=RECORD_COLUMNS
+            await conn.copy_to_table(
+                "aggregate_records", source=io.BytesIO(data), columns=RECORD_COLUMNS, format="text"
             )
         except asyncpg.CheckViolationError as exc:  # "no partition of relation ... found"
             self._partitions.discard(month)
@@ -501,18 +461,4 @@ class Store:
 
 
 def _inet(text: str | None) -> str | None:
-    """The text if PostgreSQL's inet takes it (the core has canonicalized addresses)."""
-    if text is None:
-        return None
-    family = socket.AF_INET6 if ":" in text else socket.AF_INET
-    try:
-        socket.inet_pton(family, text)
-    except (OSError, ValueError):
-        return None
-    return text
-
-
-def rows_for(
-    records: Iterable[Record], report: int, begin_at: datetime, domain: str, reporter: str
-) -> list[tuple[Any, ...]]:
-    return [record_row(report, begin_at, domain, reporter, r) for r in records]
+    return text if text is not None and is_inet(text) else None

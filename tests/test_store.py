@@ -375,3 +375,33 @@ def test_backfill_of_mbox_and_maildir(db: str, tmp_path: Path) -> None:
     assert summary["reports_new"] == 5
     assert summary["records"] == 10
     assert summary["quarantined"] == 0
+
+
+def test_awkward_values_survive_copy(db: str) -> None:
+    # Values that need escaping in COPY text and in array literals come back unchanged.
+    nasty = ["a,b", "{x}", 'q"uote', "back\\slash", "tab\there", "NULL", "sp ace", "ünï"]
+    dkims = "".join(
+        f"<dkim><domain>d{i}.example</domain><selector>{v.replace('&', '&amp;')}</selector>"
+        f"<result>pass</result><human_result>{v}</human_result></dkim>"
+        for i, v in enumerate(nasty)
+    )
+    body = (
+        "<record><row><source_ip>not-an-ip\\x</source_ip><count>7</count></row>"
+        "<identifiers><header_from>example.com</header_from></identifiers>"
+        f"<auth_results>{dkims}<dkim><domain>e.example</domain><selector></selector>"
+        "<result>fail</result></dkim></auth_results></record>"
+    )
+    data = report_xml(body=body)
+
+    async def go(store: Store) -> asyncpg.Record:
+        await ingest_bytes(Ingester(store, limits=Limits()), data, source="backfill/r.xml")
+        row = await store.pool.fetchrow("SELECT * FROM aggregate_records")
+        assert row is not None
+        return row
+
+    row = with_store(db, go)
+    assert row["source_ip"] is None and row["source_ip_text"] == "not-an-ip\\x"
+    assert row["dkim_selectors"] == [*nasty, None]
+    assert row["dkim_human_results"] == [*nasty, None]
+    assert row["dkim_results"] == ["pass"] * len(nasty) + ["fail"]
+    assert row["message_count"] == 7
