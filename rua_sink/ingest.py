@@ -79,7 +79,7 @@ class _Raised:
 
 
 async def events_in_thread(
-    produce: Callable[[], Iterator[Event]], batch: int = 5000, depth: int = 8
+    produce: Callable[[], Iterator[Event]], batch: int = 2000, depth: int = 6
 ) -> AsyncGenerator[list[Event], None]:
     """Run a core generator in a thread; yield its events in lists of up to ``batch``.
 
@@ -141,7 +141,7 @@ class Ingester:
         store: Store,
         *,
         limits: Limits,
-        copy_batch: int = 20000,
+        copy_batch: int = 10000,
         keep_non_reports: bool = True,
     ) -> None:
         self.store = store

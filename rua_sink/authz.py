@@ -1,0 +1,197 @@
+"""Has a domain authorized this destination to receive its reports?
+
+DMARC (RFC 7489 7.1, RFC 9990 4): when the Organizational Domain of the report's policy
+domain differs from that of the destination (the RCPT domain), the destination must
+publish ``<policy-domain>._report._dmarc.<destination-host>`` TXT, a record whose first
+tag is ``v=DMARC1``; several records may exist, one valid is enough, and a wildcard
+``*._report._dmarc.<destination-host>`` authorizes every domain. A name longer than DNS
+allows authorizes nothing (RFC 9990 4 step 4).
+
+SMTP TLS reporting has no such mechanism (RFC 8460 3); rua-sink accepts a TLS report when
+the policy domain's ``_smtp._tls`` record (``v=TLSRPTv1``) names the RCPT address in its
+``rua=``.
+
+Answers are cached for their TTL, failures to answer are not: a temporary DNS error is
+``AuthorizationUnavailable``, which the SMTP layer turns into ``451 4.4.3`` so that the
+sender retries. The Public Suffix List comes from the ``publicsuffixlist`` package, which
+ships the list: nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.nameserver
+import dns.rdatatype
+import dns.resolver
+from publicsuffixlist import PublicSuffixList
+
+from .core.aggregate import domain as a_label
+
+
+class Verdict(StrEnum):
+    AUTHORIZED = "authorized"  # the destination's DNS says so
+    SAME_ORGANIZATION = "same_organization"  # no check needed (RFC 7489 7.1)
+    ALLOW_LIST = "allow_list"  # configured: RUA_SINK_AUTHORIZED_DOMAINS
+    NOT_AUTHORIZED = "not_authorized"
+
+    @property
+    def allowed(self) -> bool:
+        return self is not Verdict.NOT_AUTHORIZED
+
+
+class AuthorizationUnavailable(Exception):
+    """DNS could not answer now (SERVFAIL, timeout): try again later."""
+
+
+@dataclass(frozen=True, slots=True)
+class Authorization:
+    verdict: Verdict
+    query: str | None = None  # the name looked up, if any
+    cached: bool = False
+
+
+_DMARC1 = re.compile(r"^\s*v\s*=\s*DMARC1\s*(;|$)", re.IGNORECASE)
+_TLSRPT1 = re.compile(r"^\s*v\s*=\s*TLSRPTv1\s*(;|$)", re.IGNORECASE)
+
+_psl: PublicSuffixList | None = None
+
+
+def organizational_domain(name: str) -> str:
+    """RFC 7489 3.2: the public suffix plus one label (the name itself if it is one)."""
+    global _psl  # noqa: PLW0603 - the list is loaded once, on first use, and never changes
+    if _psl is None:
+        _psl = PublicSuffixList()
+    return _psl.privatesuffix(name) or name
+
+
+def make_resolver(nameservers: Iterable[str], timeout: float) -> dns.asyncresolver.Resolver:
+    """A resolver on ``host[:port]`` nameservers, or the system's when none is given."""
+    servers = list(nameservers)
+    resolver = dns.asyncresolver.Resolver(configure=not servers)
+    if servers:
+        resolver.nameservers = [_nameserver(s) for s in servers]
+    resolver.timeout = timeout
+    resolver.lifetime = timeout
+    return resolver
+
+
+def _nameserver(spec: str) -> dns.nameserver.Nameserver:
+    host, port = spec, 53
+    if spec.startswith("["):  # [IPv6]:port
+        host, _, rest = spec[1:].partition("]")
+        port = int(rest.lstrip(":") or 53)
+    elif spec.count(":") == 1:
+        host, _, port_text = spec.partition(":")
+        port = int(port_text)
+    return dns.nameserver.Do53Nameserver(host, port)
+
+
+class Authorizer:
+    def __init__(
+        self,
+        *,
+        resolver: dns.asyncresolver.Resolver,
+        allow: Iterable[str] = (),
+        cache_size: int = 10_000,
+        negative_ttl: int = 300,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._resolver = resolver
+        self._allow = frozenset(d for d in (a_label(x.strip()) for x in allow) if d)
+        self._cache: dict[str, tuple[float, tuple[str, ...]]] = {}
+        self._cache_size = cache_size
+        self._negative_ttl = negative_ttl
+        self._clock = clock
+
+    def _allowed(self, policy_domain: str) -> bool:
+        return policy_domain in self._allow or organizational_domain(policy_domain) in self._allow
+
+    async def check_dmarc(self, policy_domain: str, rcpt_domain: str) -> Authorization:
+        """RFC 7489 7.1 / RFC 9990 4, for a report about ``policy_domain`` sent to an
+        address at ``rcpt_domain``."""
+        policy = a_label(policy_domain) or ""
+        dest = a_label(rcpt_domain) or ""
+        if self._allowed(policy):
+            return Authorization(Verdict.ALLOW_LIST)
+        if organizational_domain(policy) == organizational_domain(dest):
+            return Authorization(Verdict.SAME_ORGANIZATION)
+        name = f"{policy}._report._dmarc.{dest}"
+        if not _valid_name(name):
+            return Authorization(Verdict.NOT_AUTHORIZED, name)  # RFC 9990 4 step 4
+        texts, cached = await self._txt(name)
+        if not any(_DMARC1.match(t) for t in texts):
+            # A wildcard is served for any name by the DNS itself; asking for it by name
+            # too covers servers that hold it as a literal label.
+            wildcard, cached = await self._txt(f"*._report._dmarc.{dest}")
+            texts = texts + wildcard
+        verdict = (
+            Verdict.AUTHORIZED if any(_DMARC1.match(t) for t in texts) else Verdict.NOT_AUTHORIZED
+        )
+        return Authorization(verdict, name, cached)
+
+    async def check_tls(self, policy_domain: str, rcpt_address: str) -> Authorization:
+        """A TLS report for ``policy_domain`` to ``rcpt_address``: does the domain's
+        TLSRPT record (RFC 8460 3) name this address?"""
+        policy = a_label(policy_domain) or ""
+        if self._allowed(policy):
+            return Authorization(Verdict.ALLOW_LIST)
+        name = f"_smtp._tls.{policy}"
+        if not _valid_name(name):
+            return Authorization(Verdict.NOT_AUTHORIZED, name)
+        texts, cached = await self._txt(name)
+        target = "mailto:" + rcpt_address.strip().lower()
+        for text in texts:
+            if not _TLSRPT1.match(text):
+                continue
+            for tag in text.split(";"):
+                key, _, value = tag.partition("=")
+                if key.strip().lower() == "rua":
+                    uris = [u.strip().lower() for u in value.split(",")]
+                    if target in uris:
+                        return Authorization(Verdict.AUTHORIZED, name, cached)
+        return Authorization(Verdict.NOT_AUTHORIZED, name, cached)
+
+    async def _txt(self, name: str) -> tuple[tuple[str, ...], bool]:
+        """TXT strings at ``name`` (each record's strings joined), and whether cached."""
+        now = self._clock()
+        hit = self._cache.get(name)
+        if hit is not None and hit[0] > now:
+            return hit[1], True
+        try:
+            answer = await self._resolver.resolve(name, "TXT", search=False)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            self._store(name, (), now + self._negative_ttl)
+            return (), False
+        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+            raise AuthorizationUnavailable(f"DNS lookup of {name} failed: {exc}") from exc
+        except dns.exception.DNSException as exc:  # other resolution failures: temporary
+            raise AuthorizationUnavailable(f"DNS lookup of {name} failed: {exc}") from exc
+        texts = tuple(
+            b"".join(rdata.strings).decode("utf-8", "replace")
+            for rdata in answer
+            if rdata.rdtype == dns.rdatatype.TXT
+        )
+        ttl = answer.rrset.ttl if answer.rrset is not None else self._negative_ttl
+        self._store(name, texts, now + ttl)
+        return texts, False
+
+    def _store(self, name: str, texts: tuple[str, ...], expires: float) -> None:
+        if len(self._cache) >= self._cache_size:
+            self._cache.clear()
+        self._cache[name] = (expires, texts)
+
+
+def _valid_name(name: str) -> bool:
+    try:
+        dns.name.from_text(name)
+    except dns.exception.DNSException:  # too long, a label over 63 octets, empty label
+        return False
+    return True

@@ -1,0 +1,84 @@
+"""A real DNS server on loopback (dnslib) serving a small zone the tests write."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pytest
+from dnslib import QTYPE, RCODE, RR, TXT, DNSLabel, DNSRecord
+from dnslib.server import BaseResolver, DNSError, DNSHandler, DNSLogger, DNSServer
+
+
+@dataclass
+class Zone:
+    """TXT records by name; names that answer SERVFAIL; names that never answer.
+    A name starting with ``*.`` matches any name below it, as DNS wildcards do."""
+
+    txt: dict[str, list[str]] = field(default_factory=dict)
+    servfail: set[str] = field(default_factory=set)
+    silent: set[str] = field(default_factory=set)
+    ttl: int = 300
+    queries: list[str] = field(default_factory=list)
+
+    def lookup(self, name: str) -> list[str] | None:
+        if name in self.txt:
+            return self.txt[name]
+        labels = name.split(".")
+        for i in range(1, len(labels)):
+            wildcard = "*." + ".".join(labels[i:])
+            if wildcard in self.txt:
+                return self.txt[wildcard]
+        return None
+
+
+class _Resolver(BaseResolver):  # type: ignore[misc]
+    def __init__(self, zone: Zone) -> None:
+        self.zone = zone
+
+    def resolve(self, request: DNSRecord, handler: DNSHandler) -> DNSRecord:
+        qname = str(request.q.qname).rstrip(".").lower()
+        self.zone.queries.append(qname)
+        if qname in self.zone.silent:
+            raise DNSError("silent")  # dnslib sends nothing back
+        reply = request.reply()
+        if qname in self.zone.servfail:
+            reply.header.rcode = RCODE.SERVFAIL
+            return reply
+        texts = self.zone.lookup(qname)
+        if texts is None:
+            reply.header.rcode = RCODE.NXDOMAIN
+        elif request.q.qtype == QTYPE.TXT:
+            for text in texts:
+                chunks = [text[i : i + 255].encode() for i in range(0, len(text), 255)] or [b""]
+                reply.add_answer(
+                    RR(DNSLabel(qname), QTYPE.TXT, rdata=TXT(chunks), ttl=self.zone.ttl)
+                )
+        return reply
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def dns_zone() -> Iterator[tuple[Zone, str]]:
+    """A zone and the ``host:port`` of the server answering from it (UDP and TCP)."""
+    zone = Zone()
+    port = _free_port()
+    quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
+    servers = [
+        DNSServer(_Resolver(zone), port=port, address="127.0.0.1", tcp=tcp, logger=quiet)
+        for tcp in (False, True)
+    ]
+    for server in servers:
+        server.start_thread()
+    try:
+        yield zone, f"127.0.0.1:{port}"
+    finally:
+        for server in servers:
+            server.stop()
+            server.server.server_close()
