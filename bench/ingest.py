@@ -32,7 +32,7 @@ from parse import _fmt, build_email
 
 CHILD = textwrap.dedent(
     """
-    import asyncio, json, resource, sys, time
+    import asyncio, json, sys, time
     import asyncpg
     from rua_sink import migrate
     from rua_sink.core.limits import Limits
@@ -65,7 +65,10 @@ CHILD = textwrap.dedent(
         return result.records, rows, seconds
 
     records, rows, seconds = asyncio.run(store())
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM: the peak of this process's own memory map (ru_maxrss would also count
+    # what the process held between fork and exec)
+    with open("/proc/self/status") as status:
+        rss = next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmHWM:"))
     parsed, parse_seconds = parse_only()
     print(json.dumps({"records": records, "rows": rows, "seconds": seconds, "rss": rss,
                       "parse_seconds": parse_seconds, "parsed": parsed}))

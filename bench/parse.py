@@ -150,7 +150,7 @@ def build_email(path: Path, records: int, seed: int = 7) -> int:
 
 CHILD = textwrap.dedent(
     """
-    import json, resource, sys, time
+    import json, sys, time
     from rua_sink.core.model import AggregateEnd, PartFailed
     from rua_sink.core.pipeline import parse_message
     from rua_sink.core.unpack import file_chunks
@@ -164,7 +164,10 @@ CHILD = textwrap.dedent(
             elif isinstance(ev, PartFailed):
                 raise SystemExit(f"part failed: {ev.error!r}")
     seconds = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM: the peak of this process's own memory map (ru_maxrss would also count
+    # what the process held between fork and exec)
+    with open("/proc/self/status") as status:
+        rss = next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmHWM:"))
     print(json.dumps({"records": records, "seconds": seconds, "rss": rss}))
     """
 )

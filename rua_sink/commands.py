@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import re
 import sys
@@ -186,7 +187,30 @@ def cmd_db(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from .app import serve  # noqa: PLC0415 - the server's imports only when serving
+    from .config import ConfigError, Settings  # noqa: PLC0415
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        settings = Settings.from_env(os.environ)
+    except ConfigError as exc:
+        print(f"rua-sink: {exc}", file=sys.stderr)
+        return 2
+    if not settings.addresses:
+        print("rua-sink: set RUA_SINK_ADDRESSES to the report addresses to accept", file=sys.stderr)
+        return 2
+    url = resolve_url(os.environ)
+    asyncio.run(serve(settings, url))
+    return 0
+
+
 def add_commands(sub: Any, limits_parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("serve", help="run the SMTP receiver (configured from RUA_SINK_* variables)")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("migrate", help="apply pending database migrations")
     p.set_defaults(func=cmd_migrate)
 

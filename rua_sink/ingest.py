@@ -19,7 +19,7 @@ import gzip
 import io
 import tempfile
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -35,6 +35,7 @@ from .core.model import (
     FailureReport,
     PartFailed,
     Record,
+    ReportType,
     TlsReport,
 )
 from .core.pipeline import parse_stream
@@ -69,6 +70,10 @@ class IngestResult:
     detail: str | None = None
     reports: list[str] = field(default_factory=list)  # "type:report_id" of new ones
 
+
+#: Called with each report's type and policy domains before it is stored; returns the
+#: verdict to store with it, or raises to refuse the whole message (see smtp.py).
+Authorize = Callable[[ReportType, tuple[str, ...]], Awaitable[str | None]]
 
 _END = object()
 
@@ -155,8 +160,11 @@ class Ingester:
         envelope: Envelope,
         *,
         received_at: datetime | None = None,
+        authorize: Authorize | None = None,
     ) -> IngestResult:
-        """Store one message read from ``file`` (seekable). Commits before returning."""
+        """Store one message read from ``file`` (seekable). Commits before returning.
+
+        An exception raised by ``authorize`` rolls the message back and propagates."""
         raw = await asyncio.to_thread(RawMessage.read, file)
         when = received_at or datetime.now(UTC)
         for _ in range(24):
@@ -166,7 +174,7 @@ class Ingester:
                     raw_id = await self.store.insert_raw(conn, raw, envelope, when)
                     if raw_id is None:
                         return IngestResult(Outcome.DUPLICATE, None)
-                    result = await self._process(conn, raw_id, file, _name(envelope))
+                    result = await self._process(conn, raw_id, file, _name(envelope), authorize)
                     if result.outcome is Outcome.NOT_A_REPORT and not self.keep_non_reports:
                         raise _Discard(result)
                     return result
@@ -197,10 +205,15 @@ class Ingester:
         raise RuntimeError("a message needed more than 24 new monthly partitions")
 
     async def _process(
-        self, conn: Conn, raw_id: int, file: IO[bytes], name: str | None
+        self,
+        conn: Conn,
+        raw_id: int,
+        file: IO[bytes],
+        name: str | None,
+        authorize: Authorize | None = None,
     ) -> IngestResult:
         result = IngestResult(Outcome.STORED, raw_id)
-        run = _Run(self, conn, result)
+        run = _Run(self, conn, result, authorize)
         status, reason, detail = "stored", None, None
         limits = self.limits
         try:
@@ -243,8 +256,11 @@ class _Discard(Exception):
 class _Run:
     """What one message's event stream does to its transaction."""
 
-    def __init__(self, ingester: Ingester, conn: Conn, result: IngestResult) -> None:
+    def __init__(
+        self, ingester: Ingester, conn: Conn, result: IngestResult, authorize: Authorize | None
+    ) -> None:
         self.ingester = ingester
+        self.authorize = authorize
         self.store = ingester.store
         self.conn = conn
         self.result = result
@@ -297,10 +313,15 @@ class _Run:
             raise MissingPartition(self.month)
         self.domain = head.policy.domain
         self.reporter = reporter_key(head.metadata.org_name, head.metadata.email)
+        verdict = None
+        if self.authorize is not None:
+            verdict = await self.authorize(ReportType.AGGREGATE, (self.domain,))
         self.savepoint = self.conn.transaction()
         await self.savepoint.start()
         raw_id = self.result.raw_message_id or 0
-        self.report = await self.store.insert_aggregate(self.conn, raw_id, head, self.reporter)
+        self.report = await self.store.insert_aggregate(
+            self.conn, raw_id, head, self.reporter, verdict
+        )
         if self.report is not None:
             self.prefix = report_prefix(self.report, self.begin_at, self.domain, self.reporter)
         else:

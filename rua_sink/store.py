@@ -217,7 +217,11 @@ class Store:
 
     @staticmethod
     async def insert_aggregate(
-        conn: Conn, raw_id: int, head: AggregateReport, reporter: str
+        conn: Conn,
+        raw_id: int,
+        head: AggregateReport,
+        reporter: str,
+        authorization: str | None = None,
     ) -> int | None:
         """The report's row, or None if the same report is stored already (RFC 9990 3.5.4:
         a duplicate is accepted and kept once)."""
@@ -228,9 +232,9 @@ class Store:
                 raw_message_id, reporter, report_id, policy_domain, begin_at, end_at, org_name,
                 email, extra_contact_info, generator, errors, schema, version, adkim, aspf, p,
                 sp, np, pct, fo, testing, discovery_method, extensions, record_count,
-                message_count, part_filename, part_layers)
+                message_count, part_filename, part_layers, authz_verdict)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                    $17, $18, $19, $20, $21, $22, $23, 0, 0, $24, $25)
+                    $17, $18, $19, $20, $21, $22, $23, 0, 0, $24, $25, $26)
             ON CONFLICT ON CONSTRAINT aggregate_reports_dedup DO NOTHING
             RETURNING id
             """,
@@ -259,6 +263,7 @@ class Store:
             list(head.extensions),
             head.part.filename,
             list(head.part.layers),
+            authorization,
         )
         return value
 
@@ -287,14 +292,16 @@ class Store:
             raise MissingPartition(month) from exc
 
     @staticmethod
-    async def insert_tls(conn: Conn, raw_id: int, report: TlsReport) -> bool:
+    async def insert_tls(
+        conn: Conn, raw_id: int, report: TlsReport, authorization: str | None = None
+    ) -> bool:
         """Store a TLS report with its policies and failure details; False if a duplicate."""
         report_row: int | None = await conn.fetchval(
             """
             INSERT INTO tls_reports (raw_message_id, reporter, report_id, begin_at, end_at,
                                      org_name, contact_info, success_count, failure_count,
-                                     part_filename)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                                     part_filename, authz_verdict)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
             ON CONFLICT ON CONSTRAINT tls_reports_dedup DO NOTHING
             RETURNING id
             """,
@@ -308,6 +315,7 @@ class Store:
             report.success_count,
             report.failure_count,
             report.part.filename,
+            authorization,
         )
         if report_row is None:
             return False

@@ -1,0 +1,150 @@
+"""Composition root: settings -> pool, store, resolver, SMTP server, HTTP endpoint; signals.
+
+One asyncio loop holds everything: the SMTP server (aiosmtpd's protocol through
+``loop.create_server``, not its threaded Controller) and a small HTTP listener for
+``/healthz`` (the process is alive) and ``/readyz`` (the database answers and the schema
+is current; 503 otherwise, so that Kubernetes stops sending mail to a pod that cannot
+commit).
+
+SIGTERM or SIGINT: stop accepting, let sessions in flight finish within the grace period,
+then close. A message is either committed and answered 250, or not acknowledged at all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import ssl
+from dataclasses import dataclass
+
+import asyncpg
+
+from . import __version__, migrate
+from .authz import Authorizer, make_resolver
+from .config import Settings
+from .database import ensure_database
+from .ingest import Ingester
+from .smtp import AddressPolicy, ReportHandler, ReportSMTP, Sessions
+from .store import Store
+
+log = logging.getLogger("rua_sink")
+
+
+@dataclass
+class App:
+    settings: Settings
+    pool: asyncpg.Pool
+    store: Store
+    handler: ReportHandler
+    sessions: Sessions
+    smtp_server: asyncio.Server | None = None
+    http_server: asyncio.Server | None = None
+
+    @classmethod
+    async def create(cls, settings: Settings, database_url: str) -> App:
+        await ensure_database(database_url)
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
+        async with pool.acquire() as conn:
+            await migrate.migrate(conn)
+        store = Store(pool)
+        await store.load_partitions()
+        authorizer = Authorizer(
+            resolver=make_resolver(settings.dns_nameservers, settings.dns_timeout),
+            allow=settings.authorized_domains,
+        )
+        handler = ReportHandler(
+            addresses=AddressPolicy(settings.addresses),
+            ingester=Ingester(store, limits=settings.limits, keep_non_reports=False),
+            authorizer=authorizer,
+            reject_unauthorized=settings.unauthorized == "reject",
+            max_recipients=settings.max_recipients,
+        )
+        sessions = Sessions(settings.max_sessions, settings.max_sessions_per_ip)
+        return cls(settings, pool, store, handler, sessions)
+
+    def _tls_context(self) -> ssl.SSLContext | None:
+        if not self.settings.tls_cert:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
+        return context
+
+    def _protocol(self) -> ReportSMTP:
+        s = self.settings
+        return ReportSMTP(
+            self.handler,
+            sessions=self.sessions,
+            data_timeout=s.data_timeout,
+            spool_memory=s.limits.spool_memory_bytes,
+            data_size_limit=s.limits.max_message_bytes,
+            enable_SMTPUTF8=True,
+            hostname=s.hostname or socket.getfqdn(),
+            ident=f"rua-sink {__version__}",
+            tls_context=self._tls_context(),
+            require_starttls=False,  # RFC 3207 4: a public MX must not require it
+            timeout=s.idle_timeout,
+            command_call_limit=100,
+        )
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        host, port = self.settings.smtp_listen
+        self.smtp_server = await loop.create_server(self._protocol, host, port)
+        http_host, http_port = self.settings.http_listen
+        self.http_server = await asyncio.start_server(self._http, http_host, http_port)
+        log.info("listening: SMTP %s:%s, HTTP %s:%s", host, port, http_host, http_port)
+
+    async def ready(self) -> bool:
+        try:
+            async with self.pool.acquire(timeout=2) as conn:
+                return not await migrate.pending(conn)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return False
+
+    async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            request = await asyncio.wait_for(reader.readline(), 5)
+            parts = request.decode("latin-1").split()
+            path = parts[1] if len(parts) >= 2 else ""
+            if path == "/healthz":
+                status, body = "200 OK", "ok\n"
+            elif path == "/readyz":
+                ok = await self.ready()
+                status, body = (
+                    ("200 OK", "ready\n") if ok else ("503 Service Unavailable", "not ready\n")
+                )
+            else:
+                status, body = "404 Not Found", "not found\n"
+            writer.write(
+                f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+                f"Connection: close\r\n\r\n{body}".encode()
+            )
+            await writer.drain()
+        except (TimeoutError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def shutdown(self) -> None:
+        for server in (self.smtp_server, self.http_server):
+            if server is not None:
+                server.close()
+        try:
+            await asyncio.wait_for(self.sessions.idle.wait(), self.settings.shutdown_grace)
+        except TimeoutError:
+            log.warning("shutdown grace period over with %d sessions open", self.sessions.total)
+        await self.pool.close()
+
+
+async def serve(settings: Settings, database_url: str) -> None:
+    app = await App.create(settings, database_url)
+    await app.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await app.shutdown()

@@ -1,0 +1,150 @@
+"""One frozen, typed Settings for ``rua-sink serve``, read from the environment once.
+
+Every field is documented here and in the README's configuration table, which
+tests/test_config.py checks against this module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .core.limits import Limits, parse_size
+
+
+class ConfigError(ValueError):
+    """A setting has a value rua-sink cannot use."""
+
+
+def _hostport(text: str, default_host: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        raise ConfigError(f"not host:port: {text!r}")
+    host = host.strip("[]") or default_host
+    try:
+        return host, int(port)
+    except ValueError as exc:
+        raise ConfigError(f"not a port: {text!r}") from exc
+
+
+def _list(text: str) -> tuple[str, ...]:
+    return tuple(item.strip() for item in text.split(",") if item.strip())
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    env: str
+    default: str
+    help: str
+
+
+#: name -> (environment variable, default as text, meaning); the README table mirrors it.
+SETTINGS: dict[str, Setting] = {
+    "smtp_listen": Setting(
+        "RUA_SINK_SMTP_LISTEN", "0.0.0.0:2525", "SMTP listen address, host:port"
+    ),
+    "http_listen": Setting(
+        "RUA_SINK_HTTP_LISTEN", "0.0.0.0:9102", "HTTP listen address (health, readiness)"
+    ),
+    "hostname": Setting("RUA_SINK_HOSTNAME", "", "name in the SMTP greeting (default: the host's)"),
+    "addresses": Setting(
+        "RUA_SINK_ADDRESSES",
+        "",
+        "report addresses, comma-separated: dmarc@rua.example.net, *@reports.example.net",
+    ),
+    "dns_nameservers": Setting(
+        "RUA_SINK_DNS_NAMESERVERS", "", "host[:port] list for DNS (default: the system resolver)"
+    ),
+    "dns_timeout": Setting("RUA_SINK_DNS_TIMEOUT", "5", "seconds a DNS lookup may take"),
+    "authorized_domains": Setting(
+        "RUA_SINK_AUTHORIZED_DOMAINS", "", "policy domains accepted without a DNS check"
+    ),
+    "unauthorized": Setting(
+        "RUA_SINK_UNAUTHORIZED",
+        "reject",
+        "reject (550 5.7.1) or flag (store, marked) unauthorized reports",
+    ),
+    "tls_cert": Setting("RUA_SINK_TLS_CERT", "", "PEM certificate chain: enables STARTTLS"),
+    "tls_key": Setting("RUA_SINK_TLS_KEY", "", "PEM private key of that certificate"),
+    "max_sessions": Setting("RUA_SINK_MAX_SESSIONS", "500", "concurrent SMTP sessions"),
+    "max_sessions_per_ip": Setting(
+        "RUA_SINK_MAX_SESSIONS_PER_IP", "20", "concurrent SMTP sessions from one client address"
+    ),
+    "max_recipients": Setting("RUA_SINK_MAX_RECIPIENTS", "20", "recipients of one message"),
+    "idle_timeout": Setting(
+        "RUA_SINK_IDLE_TIMEOUT", "300", "seconds a session may wait for a command"
+    ),
+    "data_timeout": Setting("RUA_SINK_DATA_TIMEOUT", "600", "seconds the whole DATA may take"),
+    "shutdown_grace": Setting(
+        "RUA_SINK_SHUTDOWN_GRACE", "25", "seconds sessions in flight may finish after SIGTERM"
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    smtp_listen: tuple[str, int] = ("0.0.0.0", 2525)
+    http_listen: tuple[str, int] = ("0.0.0.0", 9102)
+    hostname: str = ""
+    addresses: tuple[str, ...] = ()
+    dns_nameservers: tuple[str, ...] = ()
+    dns_timeout: float = 5.0
+    authorized_domains: tuple[str, ...] = ()
+    unauthorized: str = "reject"
+    tls_cert: str = ""
+    tls_key: str = ""
+    max_sessions: int = 500
+    max_sessions_per_ip: int = 20
+    max_recipients: int = 20
+    idle_timeout: float = 300.0
+    data_timeout: float = 600.0
+    shutdown_grace: float = 25.0
+    limits: Limits = field(default_factory=Limits)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        raw = {name: env.get(s.env, s.default) for name, s in SETTINGS.items()}
+        try:
+            values: dict[str, Any] = {
+                "smtp_listen": _hostport(raw["smtp_listen"], "0.0.0.0"),
+                "http_listen": _hostport(raw["http_listen"], "0.0.0.0"),
+                "hostname": raw["hostname"].strip(),
+                "addresses": tuple(a.lower() for a in _list(raw["addresses"])),
+                "dns_nameservers": _list(raw["dns_nameservers"]),
+                "dns_timeout": float(raw["dns_timeout"]),
+                "authorized_domains": _list(raw["authorized_domains"]),
+                "unauthorized": raw["unauthorized"].strip().lower(),
+                "tls_cert": raw["tls_cert"].strip(),
+                "tls_key": raw["tls_key"].strip(),
+                "max_sessions": parse_size(raw["max_sessions"]),
+                "max_sessions_per_ip": parse_size(raw["max_sessions_per_ip"]),
+                "max_recipients": parse_size(raw["max_recipients"]),
+                "idle_timeout": float(raw["idle_timeout"]),
+                "data_timeout": float(raw["data_timeout"]),
+                "shutdown_grace": float(raw["shutdown_grace"]),
+                "limits": Limits.from_env(env),
+            }
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.unauthorized not in ("reject", "flag"):
+            raise ConfigError("RUA_SINK_UNAUTHORIZED must be reject or flag")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("RUA_SINK_TLS_CERT and RUA_SINK_TLS_KEY go together")
+        for address in self.addresses:
+            local, at, dom = address.rpartition("@")
+            if not at or not local or not dom:
+                raise ConfigError(f"not an address or *@domain: {address!r}")
+        for name in ("dns_timeout", "idle_timeout", "data_timeout"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+
+
+def names() -> tuple[str, ...]:
+    return tuple(f.name for f in fields(Settings) if f.name != "limits")

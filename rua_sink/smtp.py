@@ -1,0 +1,359 @@
+"""The SMTP front door: aiosmtpd's protocol, with DATA streamed to a spool.
+
+Reply codes follow SPEC.md's decision table (RFC 5321 4.2, RFC 3463 enhanced codes):
+
+=====================================================  =========================
+RCPT to an address that is not a report address        550 5.1.1 (never relays)
+SIZE= or DATA over the limit                            552 5.3.4
+database unreachable, commit failed                     451 4.3.0
+DNS temporary error during the authorization check      451 4.4.3
+report for a domain that has not authorized us          550 5.7.1 (or stored, flagged)
+no report-like part at all                              550 5.6.0
+report-like part that fails to decompress or parse      250, quarantined
+duplicate of a stored report                            250, stored once
+internal error                                          451 4.3.0, no detail
+=====================================================  =========================
+
+A 250 is sent only after the message, its reports and their records are committed.
+
+aiosmtpd's own DATA handling keeps the whole message in memory (about three times its
+size); ``ReportSMTP.smtp_DATA`` replaces it with one that writes lines to a spool file as
+they arrive, so a session's memory does not grow with the message. It follows aiosmtpd
+1.4's ``smtp_DATA`` closely (``aiosmtpd`` is pinned to 1.4.x for that reason).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import tempfile
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import IO, Any
+
+import asyncpg
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
+
+from .authz import Authorization, AuthorizationUnavailable, Authorizer, Verdict
+from .core.model import ReportType
+from .ingest import Ingester, Outcome
+from .store import Envelope as Arrival
+
+log = logging.getLogger("rua_sink.smtp")
+
+REPLY_STORED = "250 2.0.0 Report accepted"
+REPLY_DUPLICATE = "250 2.0.0 Report already received, accepted"
+REPLY_QUARANTINED = "250 2.0.0 Accepted; the report could not be parsed and is kept for review"
+REPLY_NOT_A_REPORT = "550 5.6.0 No DMARC or TLS report found in this message"
+REPLY_UNAUTHORIZED = "550 5.7.1 The report's domain has not authorized this destination"
+REPLY_DNS = "451 4.4.3 Temporary DNS failure checking authorization, try again later"
+REPLY_TEMPORARY = "451 4.3.0 Temporary failure, try again later"
+REPLY_TOO_BIG = "552 5.3.4 Message size exceeds the maximum"
+REPLY_NO_SUCH_USER = "550 5.1.1 No such report address here"
+REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
+REPLY_BUSY = "421 4.7.0 Too many connections, try again later"
+
+_SIZE = re.compile(r"\bSIZE=(\d+)", re.IGNORECASE)
+
+
+class AddressPolicy:
+    """Report addresses: exact (``dmarc@rua.example.net``) or a whole domain
+    (``*@reports.example.net``), case-insensitive, plus postmaster (RFC 5321 4.5.1)."""
+
+    def __init__(self, addresses: Iterable[str]) -> None:
+        self.exact: set[str] = set()
+        self.domains: set[str] = set()
+        for address in addresses:
+            local, _, dom = address.lower().rpartition("@")
+            if local == "*":
+                self.domains.add(dom)
+            else:
+                self.exact.add(f"{local}@{dom}")
+        self.local_domains = self.domains | {a.rpartition("@")[2] for a in self.exact}
+
+    def accepts(self, address: str) -> bool:
+        address = address.strip().strip("<>").lower()
+        local, at, dom = address.rpartition("@")
+        if not at:
+            return address == "postmaster"  # RFC 5321 4.5.1: <postmaster> with no domain
+        if address in self.exact or dom in self.domains:
+            return True
+        return local == "postmaster" and dom in self.local_domains
+
+
+class NotAuthorized(Exception):
+    """A report's policy domain has not authorized this destination."""
+
+
+@dataclass
+class SpooledMessage:
+    file: IO[bytes]
+    size: int
+
+
+class ReportHandler:
+    """aiosmtpd handler: RCPT policy, then the ingest of each message."""
+
+    def __init__(
+        self,
+        *,
+        addresses: AddressPolicy,
+        ingester: Ingester,
+        authorizer: Authorizer,
+        reject_unauthorized: bool,
+        max_recipients: int,
+    ) -> None:
+        self.addresses = addresses
+        self.ingester = ingester
+        self.authorizer = authorizer
+        self.reject_unauthorized = reject_unauthorized
+        self.max_recipients = max_recipients
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # RFC 2034: the replies below carry enhanced status codes; say so.
+        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+
+    async def handle_RCPT(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        if not self.addresses.accepts(address):
+            return REPLY_NO_SUCH_USER
+        if len(envelope.rcpt_tos) >= self.max_recipients:
+            return REPLY_TOO_MANY_RCPTS
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Recipient OK"
+
+    async def handle_exception(self, error: Exception) -> str:
+        # aiosmtpd's default reply quotes the exception; nothing internal leaves here.
+        log.exception("internal error in an SMTP session", exc_info=error)
+        return REPLY_TEMPORARY
+
+    async def deliver(self, session: Session, envelope: Envelope, spooled: SpooledMessage) -> str:
+        """Store one message; the reply tells the client what happened to it."""
+        rcpt_domains = tuple(sorted({r.rpartition("@")[2].lower() for r in envelope.rcpt_tos}))
+        rcpt_addresses = tuple(r.strip("<>").lower() for r in envelope.rcpt_tos)
+
+        async def authorize(kind: ReportType, domains: tuple[str, ...]) -> str | None:
+            verdicts = [
+                await self._authorize(kind, d, rcpt_domains, rcpt_addresses) for d in domains
+            ]
+            best = next((v for v in verdicts if v.verdict.allowed), None)
+            if best is None:
+                if self.reject_unauthorized:
+                    raise NotAuthorized(", ".join(domains))
+                return str(Verdict.NOT_AUTHORIZED)
+            return str(best.verdict)
+
+        peer = session.peer
+        arrival = Arrival(
+            source="smtp",
+            peer_ip=peer[0] if isinstance(peer, tuple) else None,
+            helo=session.host_name or None,
+            mail_from=envelope.mail_from,
+            rcpt_to=rcpt_addresses,
+        )
+        try:
+            result = await self.ingester.ingest(spooled.file, arrival, authorize=authorize)
+        except NotAuthorized as exc:
+            log.info("report refused: domain not authorized: %s", exc)
+            return REPLY_UNAUTHORIZED
+        except AuthorizationUnavailable as exc:
+            log.warning("authorization check failed: %s", exc)
+            return REPLY_DNS
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+            log.warning("database unavailable: %s", exc)
+            return REPLY_TEMPORARY
+        if result.outcome is Outcome.NOT_A_REPORT:
+            return REPLY_NOT_A_REPORT
+        if result.outcome is Outcome.QUARANTINED:
+            return REPLY_QUARANTINED
+        if result.outcome is Outcome.DUPLICATE:
+            return REPLY_DUPLICATE
+        return REPLY_STORED
+
+    async def _authorize(
+        self,
+        kind: ReportType,
+        domain: str,
+        rcpt_domains: tuple[str, ...],
+        rcpt_addresses: tuple[str, ...],
+    ) -> Authorization:
+        last = Authorization(Verdict.NOT_AUTHORIZED)
+        if kind is ReportType.TLSRPT:
+            for address in rcpt_addresses:
+                last = await self.authorizer.check_tls(domain, address)
+                if last.verdict.allowed:
+                    return last
+            return last
+        for rcpt in rcpt_domains:
+            last = await self.authorizer.check_dmarc(domain, rcpt)
+            if last.verdict.allowed:
+                return last
+        return last
+
+
+class Sessions:
+    """Counts sessions, in all and per client address, for the connection limits."""
+
+    def __init__(self, max_total: int, max_per_ip: int) -> None:
+        self.max_total = max_total
+        self.max_per_ip = max_per_ip
+        self.total = 0
+        self.per_ip: Counter[str] = Counter()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    def open(self, ip: str) -> bool:
+        if self.total >= self.max_total or self.per_ip[ip] >= self.max_per_ip:
+            return False
+        self.total += 1
+        self.per_ip[ip] += 1
+        self.idle.clear()
+        return True
+
+    def close(self, ip: str) -> None:
+        self.total -= 1
+        self.per_ip[ip] -= 1
+        if self.per_ip[ip] <= 0:
+            del self.per_ip[ip]
+        if self.total == 0:
+            self.idle.set()
+
+
+class ReportSMTP(SMTP):
+    """aiosmtpd's protocol with streamed DATA, SIZE refusals with enhanced codes, and
+    connection limits."""
+
+    def __init__(
+        self,
+        handler: ReportHandler,
+        *,
+        sessions: Sessions,
+        data_timeout: float,
+        spool_memory: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(handler, **kwargs)
+        self.report_handler = handler
+        self.sessions = sessions
+        self.data_timeout = data_timeout
+        self.spool_memory = spool_memory
+        self._counted_ip: str | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        peer = transport.get_extra_info("peername")
+        ip = peer[0] if isinstance(peer, tuple) else "unix"
+        if not self.sessions.open(ip):
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(f"{REPLY_BUSY}\r\n".encode())
+            transport.close()
+            return
+        self._counted_ip = ip
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._counted_ip is not None:
+            self.sessions.close(self._counted_ip)
+            self._counted_ip = None
+        super().connection_lost(error)
+
+    @syntax("MAIL FROM:<address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str) -> None:
+        m = _SIZE.search(arg or "")
+        if m and self.data_size_limit and int(m.group(1)) > self.data_size_limit:
+            await self.push(REPLY_TOO_BIG)  # RFC 1870 6
+            return
+        await super().smtp_MAIL(arg)
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        if await self.check_helo_needed():
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 5.5.1 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        spool = tempfile.SpooledTemporaryFile(max_size=self.spool_memory)  # noqa: SIM115
+        try:
+            try:
+                size, state = await asyncio.wait_for(self._receive(spool), self.data_timeout)
+            except TimeoutError:
+                await self.push("451 4.4.2 Timeout waiting for the end of data")
+                if self.transport is not None:
+                    self.transport.close()
+                return
+            if state == "too_long":
+                await self.push("500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)")
+            elif state == "too_much":
+                await self.push(REPLY_TOO_BIG)
+            else:
+                spool.seek(0)
+                assert self.session is not None
+                try:
+                    status = await self.report_handler.deliver(
+                        self.session, self.envelope, SpooledMessage(spool, size)
+                    )
+                except Exception as error:  # noqa: BLE001 - answered 451, logged in full
+                    status = await self.report_handler.handle_exception(error)
+                await self.push(status)
+        finally:
+            spool.close()
+            self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd's own
+
+    async def _receive(self, spool: IO[bytes]) -> tuple[int, str]:
+        """Read DATA lines to the final dot into ``spool``, undoing dot-stuffing
+        (RFC 5321 4.5.2). Returns the size and "ok", "too_long" or "too_much"."""
+        limit = self.data_size_limit
+        size = 0
+        state = "ok"
+        fragment = False  # inside a line longer than the stream's limit
+        pending: list[bytes] = []
+        pending_bytes = 0
+        while self.transport is not None:
+            try:
+                line = await self._reader.readuntil(b"\r\n")
+            except asyncio.LimitOverrunError as e:
+                state = "too_long" if state == "ok" else state
+                await self._reader.read(e.consumed)
+                fragment = True
+                continue
+            if fragment:
+                fragment = False
+                continue
+            if line == b".\r\n":
+                break
+            size += len(line)
+            if limit and size > limit:
+                state = "too_much"
+            if state != "ok":
+                continue  # keep reading to the end; store nothing
+            if line.startswith(b"."):
+                line = line[1:]
+            pending.append(line)
+            pending_bytes += len(line)
+            if pending_bytes >= 65536:
+                spool.write(b"".join(pending))
+                pending.clear()
+                pending_bytes = 0
+        if pending and state == "ok":
+            spool.write(b"".join(pending))
+        return size, state
