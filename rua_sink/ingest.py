@@ -290,10 +290,13 @@ class _Run:
                 await self.abandon()
                 self.failures.append(ev)
             elif isinstance(ev, TlsReport):
+                domains = tuple(sorted({p.policy_domain for p in ev.policies if p.policy_domain}))
+                verdict = None
+                if self.authorize is not None:
+                    verdict = await self.authorize(ReportType.TLSRPT, domains)
                 async with self.conn.transaction():
-                    new = await self.store.insert_tls(
-                        self.conn, self.result.raw_message_id or 0, ev
-                    )
+                    raw_id = self.result.raw_message_id or 0
+                    new = await self.store.insert_tls(self.conn, raw_id, ev, verdict)
                 self._count(new, f"tlsrpt:{ev.report_id}")
             elif isinstance(ev, FailureReport):
                 await self.store.insert_failure(self.conn, self.result.raw_message_id or 0, ev)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import pytest
@@ -64,10 +65,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture
-def dns_zone() -> Iterator[tuple[Zone, str]]:
-    """A zone and the ``host:port`` of the server answering from it (UDP and TCP)."""
-    zone = Zone()
+@contextmanager
+def serving(zone: Zone) -> Iterator[str]:
+    """Serve ``zone`` on loopback (UDP and TCP); yields ``host:port``."""
     port = _free_port()
     quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
     servers = [
@@ -77,8 +77,16 @@ def dns_zone() -> Iterator[tuple[Zone, str]]:
     for server in servers:
         server.start_thread()
     try:
-        yield zone, f"127.0.0.1:{port}"
+        yield f"127.0.0.1:{port}"
     finally:
         for server in servers:
             server.stop()
             server.server.server_close()
+
+
+@pytest.fixture
+def dns_zone() -> Iterator[tuple[Zone, str]]:
+    """A zone and the ``host:port`` of the server answering from it."""
+    zone = Zone()
+    with serving(zone) as address:
+        yield zone, address
