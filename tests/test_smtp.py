@@ -182,8 +182,8 @@ def test_size_over_the_limit(server: Server) -> None:
         smtp.ehlo("reporter.example")
         assert smtp.has_extn("size") and int(smtp.esmtp_features["size"]) == MAX_BYTES
         assert smtp.has_extn("enhancedstatuscodes")
-        code, reply = smtp.mail("a@reporter.example", options=[f"SIZE={MAX_BYTES + 1}"])
-        assert (code, reply.decode().split()[0]) == (552, "5.3.4")
+        code, raw = smtp.mail("a@reporter.example", options=[f"SIZE={MAX_BYTES + 1}"])
+        assert (code, raw.decode().split()[0]) == (552, "5.3.4")
     big = message((os.urandom(MAX_BYTES), "application/octet-stream", "big.bin"))
     code, reply = send(server, big)
     assert (code, reply.split()[0]) == (552, "5.3.4")
