@@ -194,6 +194,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: a line per command
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:

@@ -254,6 +254,15 @@ class ReportSMTP(SMTP):
         self.data_timeout = data_timeout
         self.spool_memory = spool_memory
         self._counted_ip: str | None = None
+        self._in_data = False
+
+    def data_received(self, data: bytes) -> None:
+        # aiosmtpd restarts its idle timer per command only, so a large DATA would be cut
+        # at the idle timeout; during DATA, arriving bytes count as activity and
+        # data_timeout bounds the whole transfer.
+        if self._in_data:
+            self._reset_timeout()
+        super().data_received(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
@@ -295,7 +304,11 @@ class ReportSMTP(SMTP):
         spool = tempfile.SpooledTemporaryFile(max_size=self.spool_memory)  # noqa: SIM115
         try:
             try:
-                size, state = await asyncio.wait_for(self._receive(spool), self.data_timeout)
+                self._in_data = True
+                try:
+                    size, state = await asyncio.wait_for(self._receive(spool), self.data_timeout)
+                finally:
+                    self._in_data = False
             except TimeoutError:
                 await self.push("451 4.4.2 Timeout waiting for the end of data")
                 if self.transport is not None:

@@ -75,6 +75,7 @@ def start_server(database_url: str, zone_address: str, zone: Zone, **extra: str)
         "RUA_SINK_DNS_TIMEOUT": "1",
         "RUA_SINK_MAX_MESSAGE_BYTES": str(MAX_BYTES),
         "RUA_SINK_HOSTNAME": "mx.rua.example.net",
+        "RUA_SINK_SHUTDOWN_GRACE": "5",
         **extra,
     }
     process = subprocess.Popen(
@@ -247,3 +248,159 @@ def test_health_and_readiness(server: Server) -> None:
     assert server.http("/healthz") == 200
     assert server.http("/readyz") == 200
     assert server.http("/nothing") == 404
+
+
+@pytest.fixture
+def own_server(server_url: str) -> Iterator[tuple[Server, str]]:
+    """A server of its own on a database of its own, which the test may take away."""
+    from .pg import with_database
+
+    name = "rua_sink_outage_" + os.urandom(4).hex()
+
+    async def admin(sql: str) -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            await conn.execute(sql)
+        finally:
+            await conn.close()
+
+    run(admin(f'CREATE DATABASE "{name}"'))
+    zone = Zone()
+    zone.txt["example.com._report._dmarc.rua.example.net"] = ["v=DMARC1"]
+    try:
+        with serving(zone) as address:
+            srv = start_server(
+                with_database(server_url, name), address, zone, RUA_SINK_UNAUTHORIZED="flag"
+            )
+            try:
+                yield srv, name
+            finally:
+                stop_server(srv)
+    finally:
+        run(admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+        run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+
+
+def test_database_outage_is_451_then_stored_once(
+    own_server: tuple[Server, str], server_url: str
+) -> None:
+    srv, name = own_server
+
+    async def admin(*sql: str) -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            for statement in sql:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    assert send(srv, report_message("before"))[0] == 250
+    run(
+        admin(
+            f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+        )
+    )
+    outage = [report_message(f"outage-{i}") for i in range(3)]
+    for data in outage:
+        code, reply = send(srv, data)
+        assert (code, reply.split()[0]) == (451, "4.3.0")
+        assert "Traceback" not in reply and "asyncpg" not in reply
+    assert srv.http("/readyz") == 503
+    assert srv.http("/healthz") == 200
+    run(admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+    for data in outage:  # the senders retry
+        assert send(srv, data)[0] == 250
+    assert send(srv, outage[0])[0] == 250  # and once more: a duplicate
+    assert srv.http("/readyz") == 200
+    ids = [r["report_id"] for r in srv.fetch("SELECT report_id FROM aggregate_reports")]
+    assert sorted(ids) == ["before", "outage-0", "outage-1", "outage-2"]
+
+
+def test_flag_mode_stores_unauthorized_reports_marked(own_server: tuple[Server, str]) -> None:
+    srv, _ = own_server
+    assert send(srv, report_message("flagged", domain="stranger.example"))[0] == 250
+    rows = srv.fetch("SELECT authz_verdict FROM aggregate_reports WHERE report_id = 'flagged'")
+    assert [r["authz_verdict"] for r in rows] == ["not_authorized"]
+
+
+@pytest.fixture(scope="module")
+def tight(database_url: str) -> Iterator[Server]:
+    """A server with small limits, to see them hold."""
+    zone = Zone()
+    with serving(zone) as address:
+        srv = start_server(
+            database_url,
+            address,
+            zone,
+            RUA_SINK_MAX_SESSIONS_PER_IP="3",
+            RUA_SINK_MAX_RECIPIENTS="2",
+            RUA_SINK_IDLE_TIMEOUT="1",
+            RUA_SINK_DATA_TIMEOUT="2",
+        )
+        try:
+            yield srv
+        finally:
+            stop_server(srv)
+
+
+def test_sessions_per_client_address(tight: Server) -> None:
+    time.sleep(0.5)  # the start-up probe's connection is counted until the server sees it close
+    held = [socket.create_connection(("127.0.0.1", tight.smtp_port)) for _ in range(3)]
+    try:
+        for conn in held:
+            assert conn.recv(512).startswith(b"220 ")
+        extra = socket.create_connection(("127.0.0.1", tight.smtp_port))
+        with extra:
+            assert extra.recv(512).startswith(b"421 4.7.0")
+    finally:
+        for conn in held:
+            conn.close()
+    time.sleep(0.3)
+    with tight.client() as smtp:  # the slots are free again
+        assert smtp.noop()[0] == 250
+
+
+def test_recipients_per_message(tight: Server) -> None:
+    with tight.client() as smtp:
+        smtp.ehlo("x.example")
+        smtp.mail("")
+        assert smtp.rcpt(RUA)[0] == 250
+        assert smtp.rcpt("a@reports.example.net")[0] == 250
+        code, reply = smtp.rcpt("b@reports.example.net")
+        assert (code, reply.decode().split()[0]) == (452, "4.5.3")
+
+
+def test_idle_and_slow_clients_are_cut(tight: Server) -> None:
+    idle = socket.create_connection(("127.0.0.1", tight.smtp_port))
+    with idle:
+        idle.recv(512)
+        idle.settimeout(10)
+        started = time.monotonic()
+        assert idle.recv(512) in (b"", b"421 4.4.2 Timeout\r\n")  # closed at the idle timeout
+        assert time.monotonic() - started < 5
+    slow = socket.create_connection(("127.0.0.1", tight.smtp_port))
+    with slow:
+        slow.settimeout(10)
+        slow.recv(512)
+        for line in (b"EHLO x.example\r\n", b"MAIL FROM:<>\r\n", f"RCPT TO:<{RUA}>\r\n".encode()):
+            slow.sendall(line)
+            time.sleep(0.1)
+        slow.sendall(b"DATA\r\n")
+        time.sleep(0.3)
+        started = time.monotonic()
+        reply = b""
+        try:
+            for _ in range(8):  # one byte now and then: the whole DATA has 2 seconds
+                slow.sendall(b"x")
+                time.sleep(0.5)
+        except OSError:
+            pass
+        while b"4.4.2" not in reply:
+            chunk = slow.recv(4096)
+            if not chunk:
+                break
+            reply += chunk
+        assert b"451 4.4.2" in reply
+        assert time.monotonic() - started < 8
