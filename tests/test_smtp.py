@@ -298,7 +298,7 @@ def test_database_outage_is_451_then_stored_once(
     run(
         admin(
             f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - test's own name
             f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
         )
     )
