@@ -131,6 +131,7 @@ class App:
         for server in (self.smtp_server, self.http_server):
             if server is not None:
                 server.close()
+        self.sessions.close_idle()
         try:
             await asyncio.wait_for(self.sessions.idle.wait(), self.settings.shutdown_grace)
         except TimeoutError:

@@ -213,6 +213,7 @@ class Sessions:
     def __init__(self, max_total: int, max_per_ip: int) -> None:
         self.max_total = max_total
         self.max_per_ip = max_per_ip
+        self.open_sessions: set[ReportSMTP] = set()
         self.total = 0
         self.per_ip: Counter[str] = Counter()
         self.idle = asyncio.Event()
@@ -225,6 +226,12 @@ class Sessions:
         self.per_ip[ip] += 1
         self.idle.clear()
         return True
+
+    def close_idle(self) -> None:
+        """At shutdown: end every session that is not in the middle of a message."""
+        for session in list(self.open_sessions):
+            if not session.busy:
+                session.say_goodbye()
 
     def close(self, ip: str) -> None:
         self.total -= 1
@@ -255,6 +262,7 @@ class ReportSMTP(SMTP):
         self.spool_memory = spool_memory
         self._counted_ip: str | None = None
         self._in_data = False
+        self.busy = False  # from DATA to its reply: a message the server must finish
 
     def data_received(self, data: bytes) -> None:
         # aiosmtpd restarts its idle timer per command only, so a large DATA would be cut
@@ -273,13 +281,21 @@ class ReportSMTP(SMTP):
             transport.close()
             return
         self._counted_ip = ip
+        self.sessions.open_sessions.add(self)
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._counted_ip is not None:
             self.sessions.close(self._counted_ip)
+            self.sessions.open_sessions.discard(self)
             self._counted_ip = None
         super().connection_lost(error)
+
+    def say_goodbye(self) -> None:
+        transport = self.transport
+        if isinstance(transport, asyncio.WriteTransport) and not transport.is_closing():
+            transport.write(b"421 4.3.2 Service shutting down, try again later\r\n")
+            transport.close()
 
     @syntax("MAIL FROM:<address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str) -> None:
@@ -302,6 +318,7 @@ class ReportSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         spool = tempfile.SpooledTemporaryFile(max_size=self.spool_memory)  # noqa: SIM115
+        self.busy = True
         try:
             try:
                 self._in_data = True
@@ -329,6 +346,7 @@ class ReportSMTP(SMTP):
                     status = await self.report_handler.handle_exception(error)
                 await self.push(status)
         finally:
+            self.busy = False
             spool.close()
             self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd's own
 

@@ -404,3 +404,42 @@ def test_idle_and_slow_clients_are_cut(tight: Server) -> None:
             reply += chunk
         assert b"451 4.4.2" in reply
         assert time.monotonic() - started < 8
+
+
+def test_sigterm_lets_a_delivery_in_flight_finish(database_url: str) -> None:
+    zone = Zone()
+    zone.txt["example.com._report._dmarc.rua.example.net"] = ["v=DMARC1"]
+    with serving(zone) as address:
+        srv = start_server(database_url, address, zone)
+        try:
+            idle = srv.client()
+            idle.ehlo("idle.example")
+            busy = srv.client()
+            busy.ehlo("busy.example")
+            busy.mail("")
+            busy.rcpt(RUA)
+            busy.putcmd("data")
+            assert busy.getreply()[0] == 354
+            data = report_message("in-flight").replace(b"\n.", b"\n..")
+            busy.send(data[: len(data) // 2])
+            time.sleep(0.3)
+            srv.process.terminate()  # SIGTERM, in the middle of the message
+            time.sleep(0.5)
+            with pytest.raises(OSError):  # no new sessions
+                socket.create_connection(("127.0.0.1", srv.smtp_port), timeout=2).close()
+            try:  # an idle session is told 421 and closed
+                assert idle.noop()[0] == 421
+            except smtplib.SMTPServerDisconnected:
+                pass
+            finally:
+                idle.close()
+            busy.send(data[len(data) // 2 :] + b"\r\n.\r\n")
+            assert busy.getreply()[0] == 250
+            busy.close()
+            assert srv.process.wait(timeout=30) == 0
+            assert len(stored(srv, "in-flight")) == 1
+        finally:
+            if srv.process.poll() is None:
+                stop_server(srv)
+            elif srv.process.stderr is not None:
+                srv.process.stderr.close()
