@@ -8,12 +8,14 @@ import json
 import logging
 import os
 import re
+import smtplib
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, TextIO
 
 import asyncpg
@@ -208,7 +210,73 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
+    from .sendreport import SendError, send  # noqa: PLC0415
+
+    try:
+        code, reply = send(
+            Path(args.file),
+            to=args.to,
+            server=args.server,
+            starttls=args.starttls,
+            sender=args.sender,
+        )
+    except (SendError, OSError, smtplib.SMTPException) as exc:
+        print(f"rua-sink: {exc}", file=sys.stderr)
+        return 2
+    out.write(f"{code} {reply}\n")
+    return 0 if code == 250 else 1
+
+
+def cmd_check_auth(args: argparse.Namespace, out: TextIO) -> int:
+    from .authz import AuthorizationUnavailable, Authorizer, make_resolver, organizational_domain  # noqa: PLC0415
+    from .config import Settings  # noqa: PLC0415
+
+    settings = Settings.from_env(os.environ)
+    authorizer = Authorizer(
+        resolver=make_resolver(settings.dns_nameservers, settings.dns_timeout),
+        allow=settings.authorized_domains,
+    )
+    rcpt_domain = args.rua.rpartition("@")[2].lower()
+    check = (
+        authorizer.check_tls(args.domain, args.rua)
+        if args.tls
+        else authorizer.check_dmarc(args.domain, rcpt_domain)
+    )
+    report: dict[str, Any] = {
+        "policy_domain": args.domain,
+        "destination": args.rua,
+        "organizational_domains": [
+            organizational_domain(args.domain.lower()),
+            organizational_domain(rcpt_domain),
+        ],
+    }
+    try:
+        result = asyncio.run(check)
+    except AuthorizationUnavailable as exc:
+        out.write(json.dumps({**report, "verdict": "temporary_error", "detail": str(exc)}) + "\n")
+        return 1
+    out.write(json.dumps({**report, "verdict": str(result.verdict), "query": result.query}) + "\n")
+    return 0 if result.verdict.allowed else 1
+
+
 def add_commands(sub: Any, limits_parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("send", help="wrap a report file in a report email and deliver it")
+    p.add_argument(
+        "file", metavar="FILE", help="a report file (.xml, .xml.gz, .zip, .json) or .eml"
+    )
+    p.add_argument("--to", required=True, metavar="ADDR", help="a report address of the server")
+    p.add_argument("--server", default="127.0.0.1:2525", metavar="HOST:PORT")
+    p.add_argument("--starttls", action="store_true")
+    p.add_argument("--from", dest="sender", metavar="ADDR", help="MAIL FROM and From:")
+    p.set_defaults(func=cmd_send)
+
+    p = sub.add_parser("check-auth", help="what the external-destination authorization check sees")
+    p.add_argument("domain", metavar="POLICY_DOMAIN")
+    p.add_argument("--rua", required=True, metavar="ADDR", help="the report address")
+    p.add_argument("--tls", action="store_true", help="check as for an SMTP TLS report")
+    p.set_defaults(func=cmd_check_auth)
+
     p = sub.add_parser("serve", help="run the SMTP receiver (configured from RUA_SINK_* variables)")
     p.set_defaults(func=cmd_serve)
 

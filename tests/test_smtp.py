@@ -4,6 +4,7 @@ real PostgreSQL: every row of SPEC.md's decision table."""
 from __future__ import annotations
 
 import os
+import re
 import smtplib
 import socket
 import subprocess
@@ -443,3 +444,44 @@ def test_sigterm_lets_a_delivery_in_flight_finish(database_url: str) -> None:
                 stop_server(srv)
             elif srv.process.stderr is not None:
                 srv.process.stderr.close()
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rua_sink.cli", *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_send_command_wraps_a_corpus_report(server: Server) -> None:
+    from .conftest import corpus
+
+    path = corpus("georgestarcher__dmarcgo/testdata/fixtures/rfc9990-modern-synthetic.xml.gz")
+    server.zone.txt["example.test._report._dmarc.rua.example.net"] = ["v=DMARC1"]
+    done = cli("send", str(path), "--to", RUA, "--server", f"127.0.0.1:{server.smtp_port}")
+    assert done.returncode == 0 and done.stdout.startswith("250 2.0.0"), done.stdout + done.stderr
+    (row,) = server.fetch(
+        "SELECT part_filename, record_count FROM aggregate_reports "
+        "WHERE report_id = 'synthetic-rfc9990-modern-report'"
+    )
+    assert row["record_count"] == 2
+    # RFC 9990 3.5.2: receiver "!" policy-domain "!" begin "!" end "!" unique-id ".xml.gz"
+    assert re.fullmatch(
+        r"[\w.-]+!example\.test!\d+!\d+![A-Za-z0-9]+\.xml\.gz", row["part_filename"]
+    )
+
+
+def test_check_auth_command(dns_zone: tuple[Zone, str]) -> None:
+    zone, address = dns_zone
+    zone.txt["example.org._report._dmarc.rua.example.net"] = ["v=DMARC1;"]
+    env = {"RUA_SINK_DNS_NAMESERVERS": address, "RUA_SINK_DNS_TIMEOUT": "1"}
+    ok = cli("check-auth", "example.org", "--rua", RUA, env=env)
+    assert ok.returncode == 0
+    assert '"verdict": "authorized"' in ok.stdout
+    assert '"query": "example.org._report._dmarc.rua.example.net"' in ok.stdout
+    no = cli("check-auth", "other.example", "--rua", RUA, env=env)
+    assert no.returncode == 1 and '"verdict": "not_authorized"' in no.stdout

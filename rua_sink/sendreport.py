@@ -1,0 +1,103 @@
+"""``rua-sink send``: wrap a report file in a conformant report email and deliver it.
+
+Operators use it to smoke-test a deployment. An aggregate report is sent as RFC 9990 3.5
+asks: gzip'd (``application/gzip``), named ``receiver!policy-domain!begin!end!id.xml.gz``
+(3.5.2), under the Subject ``Report Domain: ... Submitter: ... Report-ID: ...`` (3.5.1).
+A TLS report goes as ``application/tlsrpt+gzip`` with the RFC 8460 5.3 header fields. A
+message (.eml) is sent as it is.
+"""
+
+from __future__ import annotations
+
+import gzip
+import smtplib
+import socket
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate, make_msgid
+from pathlib import Path
+
+from .core.limits import Limits
+from .core.model import AggregateReport, PartInfo, TlsReport
+from .core.pipeline import default_spool, is_bare_report, parse_file
+from .core.unpack import payloads
+
+
+class SendError(Exception):
+    """The file cannot be sent as a report."""
+
+
+def _document(path: Path) -> bytes:
+    """The innermost document of a bare report file (decompressed, first member)."""
+    with path.open("rb") as f:
+        for payload in payloads(f, PartInfo(index=1), Limits(), default_spool):
+            return b"".join(payload.chunks)
+    raise SendError(f"{path}: no report document in it")
+
+
+def build_message(path: Path, sender: str, to: str) -> bytes:
+    with path.open("rb") as f:
+        bare = is_bare_report(f.read(64))
+    if not bare:
+        return path.read_bytes()
+    first = next((e for e in parse_file(path) if isinstance(e, AggregateReport | TlsReport)), None)
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = to
+    msg["Date"] = formatdate()
+    msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or None)
+    msg["MIME-Version"] = "1.0"
+    document = gzip.compress(_document(path), mtime=0)
+    if isinstance(first, AggregateReport):
+        meta, domain = first.metadata, first.policy.domain
+        submitter = (meta.email or "").rpartition("@")[2] or meta.org_name
+        unique = "".join(ch for ch in meta.report_id if ch.isalnum())[:64] or "1"
+        name = f"{submitter}!{domain}!{meta.begin}!{meta.end}!{unique}.xml.gz"
+        msg["Subject"] = (
+            f"Report Domain: {domain} Submitter: {submitter} Report-ID: {meta.report_id}"
+        )
+        msg.set_content(f"This is a DMARC aggregate report for {domain}.\n")
+        msg.add_attachment(document, maintype="application", subtype="gzip", filename=name)
+    elif isinstance(first, TlsReport):
+        domain = first.policies[0].policy_domain if first.policies else ""
+        submitter = (first.contact_info or "").rpartition("@")[2] or first.org_name
+        msg["Subject"] = (
+            f"Report Domain: {domain} Submitter: {submitter} Report-ID: <{first.report_id}>"
+        )
+        msg["TLS-Report-Domain"] = domain
+        msg["TLS-Report-Submitter"] = submitter
+        msg.set_content(f"This is an SMTP TLS report for {domain}.\n")
+        name = f"{submitter}!{domain}!{first.begin}!{first.end}.json.gz"
+        msg.add_attachment(document, maintype="application", subtype="tlsrpt+gzip", filename=name)
+    else:
+        raise SendError(f"{path}: not a report rua-sink can parse")
+    return msg.as_bytes(policy=SMTP)
+
+
+def send(
+    path: Path,
+    *,
+    to: str,
+    server: str = "127.0.0.1:2525",
+    starttls: bool = False,
+    sender: str | None = None,
+) -> tuple[int, str]:
+    """Deliver; returns the server's reply to the message (code, text)."""
+    host, _, port = server.rpartition(":")
+    mail_from = sender or f"rua-sink@{socket.getfqdn()}"
+    data = build_message(path, mail_from, to)
+    with smtplib.SMTP(host or "127.0.0.1", int(port or 25), timeout=60) as smtp:
+        smtp.ehlo()
+        if starttls:
+            smtp.starttls()
+            smtp.ehlo()
+        try:
+            for code, reply in (smtp.mail(mail_from), smtp.rcpt(to)):
+                if code >= 300:
+                    return code, reply.decode(errors="replace")
+            code, reply = smtp.data(data)
+        except smtplib.SMTPResponseException as exc:  # DATA refused: the reply is the answer
+            error = exc.smtp_error
+            text = error.decode(errors="replace") if isinstance(error, bytes) else str(error)
+            return exc.smtp_code, text
+        return code, reply.decode(errors="replace")
