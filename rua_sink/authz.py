@@ -105,14 +105,21 @@ class Authorizer:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._resolver = resolver
-        self._allow = frozenset(d for d in (a_label(x.strip()) for x in allow) if d)
+        entries = [x.strip() for x in allow]
+        # "*" accepts every domain without a lookup: for trials and closed networks.
+        self._allow_all = "*" in entries
+        self._allow = frozenset(d for d in (a_label(x) for x in entries if x != "*") if d)
         self._cache: dict[str, tuple[float, tuple[str, ...]]] = {}
         self._cache_size = cache_size
         self._negative_ttl = negative_ttl
         self._clock = clock
 
     def _allowed(self, policy_domain: str) -> bool:
-        return policy_domain in self._allow or organizational_domain(policy_domain) in self._allow
+        return (
+            self._allow_all
+            or policy_domain in self._allow
+            or organizational_domain(policy_domain) in self._allow
+        )
 
     async def check_dmarc(self, policy_domain: str, rcpt_domain: str) -> Authorization:
         """RFC 7489 7.1 / RFC 9990 4, for a report about ``policy_domain`` sent to an

@@ -116,3 +116,11 @@ def test_tls_reports_are_authorized_by_the_tlsrpt_record(dns_zone: tuple[Zone, s
     assert run(a.check_tls("none.example", "tls@rua.example.net")).verdict is (
         Verdict.NOT_AUTHORIZED
     )
+
+
+def test_allow_everything_for_a_trial(dns_zone: tuple[Zone, str]) -> None:
+    zone, server = dns_zone
+    a = authorizer(server, allow=["*"])
+    assert check(a, "anything.example").verdict is Verdict.ALLOW_LIST
+    assert run(a.check_tls("anything.example", RUA)).verdict is Verdict.ALLOW_LIST
+    assert zone.queries == []
