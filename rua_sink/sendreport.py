@@ -10,6 +10,7 @@ message (.eml) is sent as it is.
 from __future__ import annotations
 
 import gzip
+import re
 import smtplib
 import socket
 from email.message import EmailMessage
@@ -39,7 +40,8 @@ def build_message(path: Path, sender: str, to: str) -> bytes:
     with path.open("rb") as f:
         bare = is_bare_report(f.read(64))
     if not bare:
-        return path.read_bytes()
+        # SMTP lines end in CRLF (RFC 5321 2.3.8); files saved from a mailbox often use LF.
+        return re.sub(rb"\r\n|\r|\n", b"\r\n", path.read_bytes())
     first = next((e for e in parse_file(path) if isinstance(e, AggregateReport | TlsReport)), None)
     msg = EmailMessage()
     msg["From"] = sender

@@ -475,6 +475,17 @@ def test_send_command_wraps_a_corpus_report(server: Server) -> None:
     )
 
 
+def test_send_command_sends_a_corpus_message(server: Server) -> None:
+    from .conftest import corpus
+
+    # An LF-only file from a mailbox export: sent with CRLF line ends.
+    path = corpus("stalwartlabs__mail-auth/resources/dmarc-feedback/103.eml")
+    server.zone.txt["stalw.art._report._dmarc.rua.example.net"] = ["v=DMARC1"]
+    done = cli("send", str(path), "--to", RUA, "--server", f"127.0.0.1:{server.smtp_port}")
+    assert done.stdout.startswith("250 2.0.0"), done.stdout + done.stderr
+    assert len(stored(server, "725cbfbe133940149987cfc528387235")) == 1
+
+
 def test_check_auth_command(dns_zone: tuple[Zone, str]) -> None:
     zone, address = dns_zone
     zone.txt["example.org._report._dmarc.rua.example.net"] = ["v=DMARC1;"]
