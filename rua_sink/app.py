@@ -45,7 +45,7 @@ class App:
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> App:
         await ensure_database(database_url)
-        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=10)
+        pool = await asyncpg.create_pool(database_url, min_size=2, max_size=20)
         async with pool.acquire() as conn:
             await migrate.migrate(conn)
         store = Store(pool)
