@@ -7,6 +7,7 @@ import os
 import re
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -496,3 +498,40 @@ def test_check_auth_command(dns_zone: tuple[Zone, str]) -> None:
     assert '"query": "example.org._report._dmarc.rua.example.net"' in ok.stdout
     no = cli("check-auth", "other.example", "--rua", RUA, env=env)
     assert no.returncode == 1 and '"verdict": "not_authorized"' in no.stdout
+
+
+def test_starttls_offered_never_required(database_url: str, tmp_path: Path) -> None:
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("mx.rua.example.net", "127.0.0.1")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    cert.cert_chain_pems[0].write_to_path(str(chain))
+    zone = Zone()
+    with serving(zone) as address:
+        srv = start_server(
+            database_url,
+            address,
+            zone,
+            RUA_SINK_TLS_CERT=str(chain),
+            RUA_SINK_TLS_KEY=str(key),
+            RUA_SINK_AUTHORIZED_DOMAINS="*",
+        )
+        try:
+            context = ssl.create_default_context()
+            ca.configure_trust(context)
+            with srv.client() as smtp:
+                smtp.ehlo("reporter.example")
+                assert smtp.has_extn("starttls")
+                assert smtp.starttls(context=context)[0] == 220
+                smtp.ehlo("reporter.example")  # RFC 3207 4.2: EHLO again after the handshake
+                assert not smtp.has_extn("starttls")
+                sock = smtp.sock
+                assert isinstance(sock, ssl.SSLSocket) and sock.version() is not None
+                smtp.sendmail("", [RUA], report_message("over-tls"))
+            # Without TLS, the same delivery is accepted as well (RFC 3207 4).
+            assert send(srv, report_message("in-clear"))[0] == 250
+            assert len(stored(srv, "over-tls")) == len(stored(srv, "in-clear")) == 1
+        finally:
+            stop_server(srv)
