@@ -78,6 +78,7 @@ class App:
             sessions=self.sessions,
             data_timeout=s.data_timeout,
             spool_memory=s.limits.spool_memory_bytes,
+            trusted_proxies=s.proxy_protocol_from,
             data_size_limit=s.limits.max_message_bytes,
             enable_SMTPUTF8=True,
             hostname=s.hostname or socket.getfqdn(),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
+from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
 from .core.limits import Limits, parse_size
@@ -68,6 +69,11 @@ SETTINGS: dict[str, Setting] = {
     ),
     "tls_cert": Setting("RUA_SINK_TLS_CERT", "", "PEM certificate chain: enables STARTTLS"),
     "tls_key": Setting("RUA_SINK_TLS_KEY", "", "PEM private key of that certificate"),
+    "proxy_protocol_from": Setting(
+        "RUA_SINK_PROXY_PROTOCOL_FROM",
+        "",
+        "CIDRs of load balancers whose PROXY protocol v1/v2 header is read (others: refused)",
+    ),
     "max_sessions": Setting("RUA_SINK_MAX_SESSIONS", "500", "concurrent SMTP sessions"),
     "max_sessions_per_ip": Setting(
         "RUA_SINK_MAX_SESSIONS_PER_IP", "20", "concurrent SMTP sessions from one client address"
@@ -95,6 +101,7 @@ class Settings:
     unauthorized: str = "reject"
     tls_cert: str = ""
     tls_key: str = ""
+    proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...] = ()
     max_sessions: int = 500
     max_sessions_per_ip: int = 20
     max_recipients: int = 20
@@ -118,6 +125,9 @@ class Settings:
                 "unauthorized": raw["unauthorized"].strip().lower(),
                 "tls_cert": raw["tls_cert"].strip(),
                 "tls_key": raw["tls_key"].strip(),
+                "proxy_protocol_from": tuple(
+                    ip_network(n, strict=False) for n in _list(raw["proxy_protocol_from"])
+                ),
                 "max_sessions": parse_size(raw["max_sessions"]),
                 "max_sessions_per_ip": parse_size(raw["max_sessions_per_ip"]),
                 "max_recipients": parse_size(raw["max_recipients"]),

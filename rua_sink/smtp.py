@@ -31,6 +31,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
+from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import IO, Any
 
 import asyncpg
@@ -81,6 +82,16 @@ class AddressPolicy:
         if address in self.exact or dom in self.domains:
             return True
         return local == "postmaster" and dom in self.local_domains
+
+
+def _in_networks(ip: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
+    if not networks:
+        return False
+    try:
+        address = ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
 
 
 class NotAuthorized(Exception):
@@ -138,6 +149,11 @@ class ReportHandler:
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Recipient OK"
 
+    async def handle_PROXY(
+        self, server: SMTP, session: Session, envelope: Envelope, proxy_data: Any
+    ) -> bool:
+        return bool(proxy_data and proxy_data.valid)
+
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default reply quotes the exception; nothing internal leaves here.
         log.exception("internal error in an SMTP session", exc_info=error)
@@ -159,10 +175,9 @@ class ReportHandler:
                 return str(Verdict.NOT_AUTHORIZED)
             return str(best.verdict)
 
-        peer = session.peer
         arrival = Arrival(
             source="smtp",
-            peer_ip=peer[0] if isinstance(peer, tuple) else None,
+            peer_ip=client_address(session),
             helo=session.host_name or None,
             mail_from=envelope.mail_from,
             rcpt_to=rcpt_addresses,
@@ -207,6 +222,15 @@ class ReportHandler:
         return last
 
 
+def client_address(session: Session) -> str | None:
+    """The real client: from the PROXY header when a trusted balancer sent one."""
+    proxied = getattr(session, "proxy_data", None)
+    if proxied is not None and proxied.src_addr is not None:
+        return str(proxied.src_addr)
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) else None
+
+
 class Sessions:
     """Counts sessions, in all and per client address, for the connection limits."""
 
@@ -219,8 +243,8 @@ class Sessions:
         self.idle = asyncio.Event()
         self.idle.set()
 
-    def open(self, ip: str) -> bool:
-        if self.total >= self.max_total or self.per_ip[ip] >= self.max_per_ip:
+    def open(self, ip: str, *, per_ip: bool = True) -> bool:
+        if self.total >= self.max_total or (per_ip and self.per_ip[ip] >= self.max_per_ip):
             return False
         self.total += 1
         self.per_ip[ip] += 1
@@ -253,9 +277,11 @@ class ReportSMTP(SMTP):
         sessions: Sessions,
         data_timeout: float,
         spool_memory: int,
+        trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
         **kwargs: Any,
     ) -> None:
         super().__init__(handler, **kwargs)
+        self.trusted_proxies = trusted_proxies
         self.report_handler = handler
         self.sessions = sessions
         self.data_timeout = data_timeout
@@ -275,7 +301,12 @@ class ReportSMTP(SMTP):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "unix"
-        if not self.sessions.open(ip):
+        proxy = _in_networks(ip, self.trusted_proxies)
+        # A trusted load balancer's connections start with a PROXY header (read by
+        # aiosmtpd when _proxy_timeout is set); from anyone else, PROXY is an unknown
+        # command. The balancer carries many clients: no per-address limit for it.
+        self._proxy_timeout = 10.0 if proxy else None
+        if not self.sessions.open(ip, per_ip=not proxy):
             assert isinstance(transport, asyncio.WriteTransport)
             transport.write(f"{REPLY_BUSY}\r\n".encode())
             transport.close()

@@ -535,3 +535,41 @@ def test_starttls_offered_never_required(database_url: str, tmp_path: Path) -> N
             assert len(stored(srv, "over-tls")) == len(stored(srv, "in-clear")) == 1
         finally:
             stop_server(srv)
+
+
+def test_proxy_protocol_from_trusted_balancers_only(database_url: str) -> None:
+    zone = Zone()
+    with serving(zone) as address:
+        trusted = start_server(
+            database_url,
+            address,
+            zone,
+            RUA_SINK_PROXY_PROTOCOL_FROM="127.0.0.0/8",
+            RUA_SINK_AUTHORIZED_DOMAINS="*",
+        )
+        untrusted = start_server(
+            database_url,
+            address,
+            zone,
+            RUA_SINK_PROXY_PROTOCOL_FROM="10.0.0.0/8",
+            RUA_SINK_AUTHORIZED_DOMAINS="*",
+        )
+        try:
+            data = report_message("via-proxy")
+            with socket.create_connection(("127.0.0.1", trusted.smtp_port), timeout=10) as s:
+                s.sendall(b"PROXY TCP4 203.0.113.7 192.0.2.25 40000 25\r\n")
+                with smtplib.SMTP() as smtp:
+                    smtp.sock = s
+                    smtp.file = None
+                    assert smtp.getreply()[0] == 220
+                    smtp.ehlo("reporter.example")
+                    smtp.sendmail("", [RUA], data)
+            (row,) = stored(trusted, "via-proxy")
+            assert row["peer"] == "203.0.113.7"
+            with socket.create_connection(("127.0.0.1", untrusted.smtp_port), timeout=10) as s:
+                s.recv(512)  # the greeting: no PROXY header expected from this peer
+                s.sendall(b"PROXY TCP4 203.0.113.8 192.0.2.25 40000 25\r\n")
+                assert s.recv(512).startswith(b"500")
+        finally:
+            stop_server(trusted)
+            stop_server(untrusted)
