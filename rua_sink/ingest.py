@@ -201,7 +201,9 @@ class Ingester:
                 try:
                     async with self.store.pool.acquire() as conn, conn.transaction():
                         await self.store.clear_reports(conn, raw_id)
-                        return await self._process(conn, raw_id, spool, _name(envelope))
+                        return await self._process(
+                            conn, raw_id, spool, _name(envelope), reprocessing=True
+                        )
                 except MissingPartition as missing:
                     await self.store.create_partition(missing.month)
         raise RuntimeError("a message needed more than 24 new monthly partitions")
@@ -213,6 +215,8 @@ class Ingester:
         file: IO[bytes],
         name: str | None,
         authorize: Authorize | None = None,
+        *,
+        reprocessing: bool = False,
     ) -> IngestResult:
         result = IngestResult(Outcome.STORED, raw_id)
         run = _Run(self, conn, result, authorize)
@@ -249,7 +253,8 @@ class Ingester:
         result.parts_failed = len(run.failures)
         result.reason = reason
         result.detail = detail
-        await self.store.set_status(conn, raw_id, status, reason, detail)
+        if status != "stored" or reprocessing:  # a new raw message is inserted as stored
+            await self.store.set_status(conn, raw_id, status, reason, detail)
         return result
 
 
@@ -299,14 +304,27 @@ class _Run:
 
     async def feed(self, events: list[Event]) -> None:
         batch = self.ingester.copy_batch
-        for ev in events:
+        i, n = 0, len(events)
+        while i < n:
+            ev = events[i]
+            i += 1
             if type(ev) is Record:
                 if self.report is not None:
                     self.rows.append(record_line(self.prefix, ev))
                     if len(self.rows) >= batch:
                         await self.flush()
             elif isinstance(ev, AggregateReport):
-                await self.begin(ev)
+                j = i
+                while j < n and type(events[j]) is Record:
+                    j += 1
+                end = events[j] if j < n else None
+                if isinstance(end, AggregateEnd) and j - i <= batch:
+                    # The whole report is in hand and valid: one insert with its totals
+                    # and one COPY, with no savepoint (most reports are this small).
+                    await self.whole(ev, events[i:j], end)
+                    i = j + 1
+                else:
+                    await self.begin(ev)
             elif isinstance(ev, AggregateEnd):
                 await self.end(ev)
             elif isinstance(ev, PartFailed):
@@ -325,6 +343,22 @@ class _Run:
                 await self.store.insert_failure(self.conn, self.result.raw_message_id or 0, ev)
                 self._count(True, f"failure:{ev.feedback_type}")
 
+    async def whole(self, head: AggregateReport, records: list[Event], end: AggregateEnd) -> None:
+        verdict = await self._head(head)
+        raw_id = self.result.raw_message_id or 0
+        report = await self.store.insert_aggregate(
+            self.conn, raw_id, head, self.reporter, verdict, end
+        )
+        if report is None:
+            self._count(False, "")
+            return
+        prefix = report_prefix(report, self.begin_at, self.domain, self.reporter)
+        lines = [record_line(prefix, r) for r in records if type(r) is Record]
+        if lines:
+            await self.store.copy_lines(self.conn, lines, self.month)
+        self.result.records += end.record_count
+        self._count(True, f"aggregate:{head.metadata.report_id}")
+
     def _count(self, new: bool, name: str) -> None:
         if new:
             self.result.reports_new += 1
@@ -332,16 +366,20 @@ class _Run:
         else:
             self.result.reports_duplicate += 1
 
-    async def begin(self, head: AggregateReport) -> None:
+    async def _head(self, head: AggregateReport) -> str | None:
+        """Where a report goes (its month's partition must exist), and its verdict."""
         self.begin_at = epoch(head.metadata.begin)
         self.month = month_start(self.begin_at)
         if not self.store.has_partition(self.month):
             raise MissingPartition(self.month)
         self.domain = head.policy.domain
         self.reporter = reporter_key(head.metadata.org_name, head.metadata.email)
-        verdict = None
-        if self.authorize is not None:
-            verdict = await self.authorize(ReportType.AGGREGATE, (self.domain,))
+        if self.authorize is None:
+            return None
+        return await self.authorize(ReportType.AGGREGATE, (self.domain,))
+
+    async def begin(self, head: AggregateReport) -> None:
+        verdict = await self._head(head)
         self.savepoint = self.conn.transaction()
         await self.savepoint.start()
         raw_id = self.result.raw_message_id or 0

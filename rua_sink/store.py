@@ -222,6 +222,7 @@ class Store:
         head: AggregateReport,
         reporter: str,
         authorization: str | None = None,
+        end: AggregateEnd | None = None,
     ) -> int | None:
         """The report's row, or None if the same report is stored already (RFC 9990 3.5.4:
         a duplicate is accepted and kept once)."""
@@ -232,9 +233,9 @@ class Store:
                 raw_message_id, reporter, report_id, policy_domain, begin_at, end_at, org_name,
                 email, extra_contact_info, generator, errors, schema, version, adkim, aspf, p,
                 sp, np, pct, fo, testing, discovery_method, extensions, record_count,
-                message_count, part_filename, part_layers, authz_verdict)
+                message_count, part_filename, part_layers, authz_verdict, repairs)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                    $17, $18, $19, $20, $21, $22, $23, 0, 0, $24, $25, $26)
+                    $17, $18, $19, $20, $21, $22, $23, $27, $28, $24, $25, $26, $29)
             ON CONFLICT ON CONSTRAINT aggregate_reports_dedup DO NOTHING
             RETURNING id
             """,
@@ -264,6 +265,9 @@ class Store:
             head.part.filename,
             list(head.part.layers),
             authorization,
+            end.record_count if end else 0,
+            end.message_count if end else 0,
+            list(end.repairs) if end else [],
         )
         return value
 
