@@ -13,7 +13,6 @@ then close. A message is either committed and answered 250, or not acknowledged 
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import socket
 import ssl
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from . import __version__, migrate
+from . import __version__, logs, migrate
 from .authz import Authorizer, make_resolver
 from .config import Settings
 from .database import ensure_database
@@ -29,7 +28,7 @@ from .ingest import Ingester
 from .smtp import AddressPolicy, ReportHandler, ReportSMTP, Sessions
 from .store import Store
 
-log = logging.getLogger("rua_sink")
+log = logs.get("rua_sink")
 
 
 @dataclass
@@ -95,7 +94,7 @@ class App:
         self.smtp_server = await loop.create_server(self._protocol, host, port)
         http_host, http_port = self.settings.http_listen
         self.http_server = await asyncio.start_server(self._http, http_host, http_port)
-        log.info("listening: SMTP %s:%s, HTTP %s:%s", host, port, http_host, http_port)
+        log.info("listening", smtp=f"{host}:{port}", http=f"{http_host}:{http_port}")
 
     async def ready(self) -> bool:
         try:
@@ -136,7 +135,7 @@ class App:
         try:
             await asyncio.wait_for(self.sessions.idle.wait(), self.settings.shutdown_grace)
         except TimeoutError:
-            log.warning("shutdown grace period over with %d sessions open", self.sessions.total)
+            log.warning("shutdown_grace_over", sessions_open=self.sessions.total)
         await self.pool.close()
 
 
@@ -148,5 +147,5 @@ async def serve(settings: Settings, database_url: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down")
+    log.info("shutting_down")
     await app.shutdown()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import re
 import smtplib
@@ -190,13 +189,11 @@ def cmd_db(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from . import logs  # noqa: PLC0415
     from .app import serve  # noqa: PLC0415 - the server's imports only when serving
     from .config import ConfigError, Settings  # noqa: PLC0415
 
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: a line per command
+    logs.configure()
     try:
         settings = Settings.from_env(os.environ)
     except ConfigError as exc:

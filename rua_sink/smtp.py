@@ -25,7 +25,6 @@ they arrive, so a session's memory does not grow with the message. It follows ai
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import tempfile
 from collections import Counter
@@ -37,12 +36,13 @@ from typing import IO, Any
 import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
+from . import logs
 from .authz import Authorization, AuthorizationUnavailable, Authorizer, Verdict
 from .core.model import ReportType
 from .ingest import Ingester, Outcome
 from .store import Envelope as Arrival
 
-log = logging.getLogger("rua_sink.smtp")
+log = logs.get("rua_sink.smtp")
 
 REPLY_STORED = "250 2.0.0 Report accepted"
 REPLY_DUPLICATE = "250 2.0.0 Report already received, accepted"
@@ -156,7 +156,7 @@ class ReportHandler:
 
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default reply quotes the exception; nothing internal leaves here.
-        log.exception("internal error in an SMTP session", exc_info=error)
+        log.error("internal_error", exc_info=error)
         return REPLY_TEMPORARY
 
     async def deliver(self, session: Session, envelope: Envelope, spooled: SpooledMessage) -> str:
@@ -182,17 +182,28 @@ class ReportHandler:
             mail_from=envelope.mail_from,
             rcpt_to=rcpt_addresses,
         )
+        bound = log.bind(peer=arrival.peer_ip, mail_from=envelope.mail_from, rcpt_to=rcpt_addresses)
         try:
             result = await self.ingester.ingest(spooled.file, arrival, authorize=authorize)
         except NotAuthorized as exc:
-            log.info("report refused: domain not authorized: %s", exc)
+            bound.info("refused_not_authorized", domains=str(exc))
             return REPLY_UNAUTHORIZED
         except AuthorizationUnavailable as exc:
-            log.warning("authorization check failed: %s", exc)
+            bound.warning("authorization_unavailable", error=str(exc))
             return REPLY_DNS
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
-            log.warning("database unavailable: %s", exc)
+            bound.warning("database_unavailable", error=str(exc))
             return REPLY_TEMPORARY
+        bound.info(
+            "message",
+            outcome=str(result.outcome),
+            raw_message_id=result.raw_message_id,
+            reports=result.reports,
+            reports_duplicate=result.reports_duplicate,
+            records=result.records,
+            reason=str(result.reason) if result.reason else None,
+            size=spooled.size,
+        )
         if result.outcome is Outcome.NOT_A_REPORT:
             return REPLY_NOT_A_REPORT
         if result.outcome is Outcome.QUARANTINED:
