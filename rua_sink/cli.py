@@ -10,6 +10,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import asyncpg
+
 from . import __version__, jsonout
 from .backfill import REPORT_SUFFIXES
 from .commands import add_commands
@@ -185,6 +187,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except DatabaseError as exc:
         print(f"rua-sink: {exc}", file=sys.stderr)
+        return 2
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # The database is down or refuses us: say so, without a traceback.
+        print(f"rua-sink: database error: {exc}", file=sys.stderr)
         return 2
 
 

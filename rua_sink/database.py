@@ -21,6 +21,7 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 EMBEDDED_DB = "rua_sink"
 
@@ -188,18 +189,21 @@ def resolve_url(env: dict[str, str] | os._Environ[str], *, quiet: bool = False) 
 
 
 async def ensure_database(url: str) -> None:
-    """Create the database named in ``url`` if the server does not have it yet
-    (the embedded server starts with only ``postgres``)."""
+    """Create the database named in ``url`` if the server does not have it yet (the
+    embedded server starts with only ``postgres``; a configured server may allow it)."""
     import asyncpg  # noqa: PLC0415 - keeps the module importable without a loop
 
     try:
         conn = await asyncpg.connect(url)
     except asyncpg.InvalidCatalogNameError:
-        admin = await asyncpg.connect(url.replace(f"/{EMBEDDED_DB}?", "/postgres?", 1))
+        parts = urlsplit(url)
+        name = unquote(parts.path.lstrip("/"))
+        admin_url = urlunsplit((parts.scheme, parts.netloc, "/postgres", parts.query, ""))
+        admin = await asyncpg.connect(admin_url)
         try:
-            await admin.execute(f'CREATE DATABASE "{EMBEDDED_DB}"')
+            await admin.execute(f'CREATE DATABASE "{name.replace(chr(34), "")}"')
         except asyncpg.DuplicateDatabaseError:
-            pass
+            pass  # another process created it meanwhile
         finally:
             await admin.close()
         return
