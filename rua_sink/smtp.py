@@ -17,14 +17,18 @@ internal error                                          451 4.3.0, no detail
 A 250 is sent only after the message, its reports and their records are committed.
 
 aiosmtpd's own DATA handling keeps the whole message in memory (about three times its
-size); ``ReportSMTP.smtp_DATA`` replaces it with one that writes lines to a spool file as
-they arrive, so a session's memory does not grow with the message. It follows aiosmtpd
-1.4's ``smtp_DATA`` closely (``aiosmtpd`` is pinned to 1.4.x for that reason).
+size); ``ReportSMTP.smtp_DATA`` replaces it with one that writes lines to a ``Spool`` as
+they arrive (memory, then a temporary file written through aiofiles), so a session's
+memory does not grow with the message. It follows aiosmtpd 1.4's ``smtp_DATA`` closely
+(``aiosmtpd`` is pinned to 1.4.x for that reason).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import os
 import re
 import tempfile
 from collections import Counter
@@ -33,6 +37,7 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import IO, Any
 
+import aiofiles
 import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
@@ -277,6 +282,50 @@ class Sessions:
             self.idle.set()
 
 
+class Spool:
+    """DATA as it arrives: in memory up to ``memory`` bytes, then in a temporary file
+    written through aiofiles, so that disk writes never hold up the event loop."""
+
+    def __init__(self, memory: int) -> None:
+        self.memory = memory
+        self._buffer = io.BytesIO()
+        self._writer: Any = None  # an aiofiles file, once the data outgrows memory
+        self._reader: IO[bytes] | None = None
+        self.path: str | None = None
+
+    async def write(self, data: bytes) -> None:
+        if self._writer is None:
+            if self._buffer.tell() + len(data) <= self.memory:
+                self._buffer.write(data)
+                return
+            fd, self.path = tempfile.mkstemp(prefix="rua-sink-data-")
+            os.close(fd)
+            self._writer = await aiofiles.open(self.path, "wb")
+            await self._writer.write(self._buffer.getvalue())
+            self._buffer = io.BytesIO()
+        await self._writer.write(data)
+
+    async def reader(self) -> IO[bytes]:
+        """The data, from its start, as a file the (synchronous) parser can read."""
+        if self._writer is None:
+            self._buffer.seek(0)
+            return self._buffer
+        await self._writer.close()
+        assert self.path is not None
+        self._reader = open(self.path, "rb")  # noqa: SIM115 - closed by discard()
+        return self._reader
+
+    async def discard(self) -> None:
+        if self._writer is not None:
+            await self._writer.close()
+        if self._reader is not None:
+            self._reader.close()
+        if self.path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+        self._buffer = io.BytesIO()
+
+
 class ReportSMTP(SMTP):
     """aiosmtpd's protocol with streamed DATA, SIZE refusals with enhanced codes, and
     connection limits."""
@@ -359,7 +408,7 @@ class ReportSMTP(SMTP):
             await self.push("501 5.5.4 Syntax: DATA")
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        spool = tempfile.SpooledTemporaryFile(max_size=self.spool_memory)  # noqa: SIM115
+        spool = Spool(self.spool_memory)
         self.busy = True
         try:
             try:
@@ -378,21 +427,20 @@ class ReportSMTP(SMTP):
             elif state == "too_much":
                 await self.push(REPLY_TOO_BIG)
             else:
-                spool.seek(0)
                 assert self.session is not None
                 try:
                     status = await self.report_handler.deliver(
-                        self.session, self.envelope, SpooledMessage(spool, size)
+                        self.session, self.envelope, SpooledMessage(await spool.reader(), size)
                     )
                 except Exception as error:  # noqa: BLE001 - answered 451, logged in full
                     status = await self.report_handler.handle_exception(error)
                 await self.push(status)
         finally:
             self.busy = False
-            spool.close()
+            await spool.discard()
             self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd's own
 
-    async def _receive(self, spool: IO[bytes]) -> tuple[int, str]:
+    async def _receive(self, spool: Spool) -> tuple[int, str]:
         """Read DATA lines to the final dot into ``spool``, undoing dot-stuffing
         (RFC 5321 4.5.2). Returns the size and "ok", "too_long" or "too_much"."""
         limit = self.data_size_limit
@@ -424,9 +472,9 @@ class ReportSMTP(SMTP):
             pending.append(line)
             pending_bytes += len(line)
             if pending_bytes >= 65536:
-                spool.write(b"".join(pending))
+                await spool.write(b"".join(pending))
                 pending.clear()
                 pending_bytes = 0
         if pending and state == "ok":
-            spool.write(b"".join(pending))
+            await spool.write(b"".join(pending))
         return size, state

@@ -114,7 +114,8 @@ def server(database_url: str) -> Iterator[Server]:
     zone.txt["_smtp._tls.example.com"] = ["v=TLSRPTv1; rua=mailto:dmarc@rua.example.net"]
     zone.servfail.add("broken.example._report._dmarc.rua.example.net")
     with serving(zone) as address:
-        srv = start_server(database_url, address, zone)
+        # A small spool memory: messages over 64 KiB go through the spool's file.
+        srv = start_server(database_url, address, zone, RUA_SINK_SPOOL_MEMORY_BYTES="64KiB")
         try:
             yield srv
         finally:
@@ -162,6 +163,15 @@ def test_a_report_is_committed_before_its_250(server: Server) -> None:
         "reporter.example",
     )
     assert row["rcpt_to"] == [RUA]
+
+
+def test_a_message_larger_than_the_spool_memory(server: Server) -> None:
+    xml = report_xml(400, report_id="spooled").replace(b"<record>", b"\n<record>")
+    assert 64 * 1024 < len(xml) < MAX_BYTES
+    code, _ = send(server, message((xml, "text/xml", "r.xml"), cte="7bit"))
+    assert code == 250
+    (row,) = stored(server, "spooled")
+    assert row["record_count"] == 400
 
 
 def test_rcpt_to_other_addresses_is_refused_never_relayed(server: Server) -> None:
