@@ -25,6 +25,7 @@ from .authz import Authorizer, make_resolver
 from .config import Settings
 from .database import ensure_database
 from .ingest import Ingester
+from .metrics import Metrics
 from .smtp import AddressPolicy, ReportHandler, ReportSMTP, Sessions
 from .store import Store
 
@@ -49,9 +50,12 @@ class App:
             await migrate.migrate(conn)
         store = Store(pool)
         await store.load_partitions()
+        metrics = Metrics()
+        lookups = metrics.authorization
         authorizer = Authorizer(
             resolver=make_resolver(settings.dns_nameservers, settings.dns_timeout),
             allow=settings.authorized_domains,
+            observe=lambda result: lookups.labels(result).inc(),
         )
         handler = ReportHandler(
             addresses=AddressPolicy(settings.addresses),
@@ -59,6 +63,7 @@ class App:
             authorizer=authorizer,
             reject_unauthorized=settings.unauthorized == "reject",
             max_recipients=settings.max_recipients,
+            metrics=metrics,
         )
         sessions = Sessions(settings.max_sessions, settings.max_sessions_per_ip)
         return cls(settings, pool, store, handler, sessions)
@@ -108,7 +113,11 @@ class App:
             request = await asyncio.wait_for(reader.readline(), 5)
             parts = request.decode("latin-1").split()
             path = parts[1] if len(parts) >= 2 else ""
-            if path == "/healthz":
+            content_type = "text/plain"
+            if path == "/metrics":
+                status, body = "200 OK", self.handler.metrics.exposition().decode()
+                content_type = "text/plain; version=0.0.4; charset=utf-8"
+            elif path == "/healthz":
                 status, body = "200 OK", "ok\n"
             elif path == "/readyz":
                 ok = await self.ready()
@@ -118,7 +127,8 @@ class App:
             else:
                 status, body = "404 Not Found", "not found\n"
             writer.write(
-                f"HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {len(body)}\r\n"
+                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                f"Content-Length: {len(body.encode())}\r\n"
                 f"Connection: close\r\n\r\n{body}".encode()
             )
             await writer.drain()

@@ -103,8 +103,11 @@ class Authorizer:
         cache_size: int = 10_000,
         negative_ttl: int = 300,
         clock: Callable[[], float] = time.monotonic,
+        observe: Callable[[str], None] = lambda result: None,
     ) -> None:
         self._resolver = resolver
+        #: Told each lookup's result: a verdict, "cache_hit" or "temporary_error".
+        self._observe = observe
         entries = [x.strip() for x in allow]
         # "*" accepts every domain without a lookup: for trials and closed networks.
         self._allow_all = "*" in entries
@@ -127,32 +130,33 @@ class Authorizer:
         policy = a_label(policy_domain) or ""
         dest = a_label(rcpt_domain) or ""
         if self._allowed(policy):
-            return Authorization(Verdict.ALLOW_LIST)
+            return self._seen(Authorization(Verdict.ALLOW_LIST))
         if organizational_domain(policy) == organizational_domain(dest):
-            return Authorization(Verdict.SAME_ORGANIZATION)
+            return self._seen(Authorization(Verdict.SAME_ORGANIZATION))
         name = f"{policy}._report._dmarc.{dest}"
         if not _valid_name(name):
-            return Authorization(Verdict.NOT_AUTHORIZED, name)  # RFC 9990 4 step 4
+            return self._seen(Authorization(Verdict.NOT_AUTHORIZED, name))  # RFC 9990 4 step 4
         texts, cached = await self._txt(name)
         if not any(_DMARC1.match(t) for t in texts):
             # A wildcard is served for any name by the DNS itself; asking for it by name
             # too covers servers that hold it as a literal label.
-            wildcard, cached = await self._txt(f"*._report._dmarc.{dest}")
+            wildcard, wildcard_cached = await self._txt(f"*._report._dmarc.{dest}")
             texts = texts + wildcard
+            cached = cached and wildcard_cached
         verdict = (
             Verdict.AUTHORIZED if any(_DMARC1.match(t) for t in texts) else Verdict.NOT_AUTHORIZED
         )
-        return Authorization(verdict, name, cached)
+        return self._seen(Authorization(verdict, name, cached))
 
     async def check_tls(self, policy_domain: str, rcpt_address: str) -> Authorization:
         """A TLS report for ``policy_domain`` to ``rcpt_address``: does the domain's
         TLSRPT record (RFC 8460 3) name this address?"""
         policy = a_label(policy_domain) or ""
         if self._allowed(policy):
-            return Authorization(Verdict.ALLOW_LIST)
+            return self._seen(Authorization(Verdict.ALLOW_LIST))
         name = f"_smtp._tls.{policy}"
         if not _valid_name(name):
-            return Authorization(Verdict.NOT_AUTHORIZED, name)
+            return self._seen(Authorization(Verdict.NOT_AUTHORIZED, name))
         texts, cached = await self._txt(name)
         target = "mailto:" + rcpt_address.strip().lower()
         for text in texts:
@@ -163,8 +167,12 @@ class Authorizer:
                 if key.strip().lower() == "rua":
                     uris = [u.strip().lower() for u in value.split(",")]
                     if target in uris:
-                        return Authorization(Verdict.AUTHORIZED, name, cached)
-        return Authorization(Verdict.NOT_AUTHORIZED, name, cached)
+                        return self._seen(Authorization(Verdict.AUTHORIZED, name, cached))
+        return self._seen(Authorization(Verdict.NOT_AUTHORIZED, name, cached))
+
+    def _seen(self, result: Authorization) -> Authorization:
+        self._observe("cache_hit" if result.cached else str(result.verdict))
+        return result
 
     async def _txt(self, name: str) -> tuple[tuple[str, ...], bool]:
         """TXT strings at ``name`` (each record's strings joined), and whether cached."""
@@ -177,9 +185,8 @@ class Authorizer:
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             self._store(name, (), now + self._negative_ttl)
             return (), False
-        except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
-            raise AuthorizationUnavailable(f"DNS lookup of {name} failed: {exc}") from exc
-        except dns.exception.DNSException as exc:  # other resolution failures: temporary
+        except dns.exception.DNSException as exc:  # SERVFAIL, timeout, ...: temporary
+            self._observe("temporary_error")
             raise AuthorizationUnavailable(f"DNS lookup of {name} failed: {exc}") from exc
         texts = tuple(
             b"".join(rdata.strings).decode("utf-8", "replace")

@@ -20,6 +20,7 @@ import io
 import itertools
 import tempfile
 import threading
+from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -70,6 +71,8 @@ class IngestResult:
     reason: Reason | None = None
     detail: str | None = None
     reports: list[str] = field(default_factory=list)  # "type:report_id" of new ones
+    #: (report type, outcome) -> count; type "unknown" for parts that failed to parse
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
 
 
 #: Called with each report's type and policy domains before it is stored; returns the
@@ -330,6 +333,7 @@ class _Run:
             elif isinstance(ev, PartFailed):
                 await self.abandon()
                 self.failures.append(ev)
+                self.result.counts[("unknown", "quarantined")] += 1
             elif isinstance(ev, TlsReport):
                 domains = tuple(sorted({p.policy_domain for p in ev.policies if p.policy_domain}))
                 verdict = None
@@ -338,10 +342,10 @@ class _Run:
                 async with self.conn.transaction():
                     raw_id = self.result.raw_message_id or 0
                     new = await self.store.insert_tls(self.conn, raw_id, ev, verdict)
-                self._count(new, f"tlsrpt:{ev.report_id}")
+                self._count(ReportType.TLSRPT, new, ev.report_id)
             elif isinstance(ev, FailureReport):
                 await self.store.insert_failure(self.conn, self.result.raw_message_id or 0, ev)
-                self._count(True, f"failure:{ev.feedback_type}")
+                self._count(ReportType.FAILURE, True, ev.feedback_type)
 
     async def whole(self, head: AggregateReport, records: list[Event], end: AggregateEnd) -> None:
         verdict = await self._head(head)
@@ -350,19 +354,21 @@ class _Run:
             self.conn, raw_id, head, self.reporter, verdict, end
         )
         if report is None:
-            self._count(False, "")
+            self._count(ReportType.AGGREGATE, False, head.metadata.report_id)
             return
         prefix = report_prefix(report, self.begin_at, self.domain, self.reporter)
         lines = [record_line(prefix, r) for r in records if type(r) is Record]
         if lines:
             await self.store.copy_lines(self.conn, lines, self.month)
         self.result.records += end.record_count
-        self._count(True, f"aggregate:{head.metadata.report_id}")
+        self._count(ReportType.AGGREGATE, True, head.metadata.report_id)
 
-    def _count(self, new: bool, name: str) -> None:
+    def _count(self, kind: ReportType, new: bool, label: str) -> None:
+        outcome = "stored" if new else "duplicate"
+        self.result.counts[(str(kind), outcome)] += 1
         if new:
             self.result.reports_new += 1
-            self.result.reports.append(name)
+            self.result.reports.append(f"{kind}:{label}")
         else:
             self.result.reports_duplicate += 1
 
@@ -399,7 +405,7 @@ class _Run:
 
     async def end(self, end: AggregateEnd) -> None:
         if self.report is None:
-            self._count(False, "")
+            self._count(ReportType.AGGREGATE, False, end.report.metadata.report_id)
             return
         await self.flush()
         await self.store.finish_aggregate(self.conn, self.report, end)
@@ -407,7 +413,7 @@ class _Run:
         self.savepoint = None
         self.report = None
         self.result.records += end.record_count
-        self._count(True, f"aggregate:{end.report.metadata.report_id}")
+        self._count(ReportType.AGGREGATE, True, end.report.metadata.report_id)
 
     async def abandon(self) -> None:
         """A report broke half-way: what it loaded is rolled back (SPEC.md C.26)."""

@@ -31,6 +31,7 @@ import io
 import os
 import re
 import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ from . import logs
 from .authz import Authorization, AuthorizationUnavailable, Authorizer, Verdict
 from .core.model import ReportType
 from .ingest import Ingester, Outcome
+from .metrics import Metrics, ReplyReason
 from .store import Envelope as Arrival
 
 log = logs.get("rua_sink.smtp")
@@ -102,6 +104,10 @@ def _in_networks(ip: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bo
 class NotAuthorized(Exception):
     """A report's policy domain has not authorized this destination."""
 
+    def __init__(self, kind: ReportType, domains: str) -> None:
+        super().__init__(domains)
+        self.kind = kind
+
 
 @dataclass
 class SpooledMessage:
@@ -120,7 +126,9 @@ class ReportHandler:
         authorizer: Authorizer,
         reject_unauthorized: bool,
         max_recipients: int,
+        metrics: Metrics | None = None,
     ) -> None:
+        self.metrics = metrics or Metrics()
         self.addresses = addresses
         self.ingester = ingester
         self.authorizer = authorizer
@@ -148,8 +156,10 @@ class ReportHandler:
         rcpt_options: list[str],
     ) -> str:
         if not self.addresses.accepts(address):
+            self.metrics.reply(REPLY_NO_SUCH_USER, ReplyReason.UNKNOWN_RECIPIENT)
             return REPLY_NO_SUCH_USER
         if len(envelope.rcpt_tos) >= self.max_recipients:
+            self.metrics.reply(REPLY_TOO_MANY_RCPTS, ReplyReason.TOO_MANY_RECIPIENTS)
             return REPLY_TOO_MANY_RCPTS
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 Recipient OK"
@@ -162,6 +172,7 @@ class ReportHandler:
     async def handle_exception(self, error: Exception) -> str:
         # aiosmtpd's default reply quotes the exception; nothing internal leaves here.
         log.error("internal_error", exc_info=error)
+        self.metrics.reply(REPLY_TEMPORARY, ReplyReason.INTERNAL_ERROR)
         return REPLY_TEMPORARY
 
     async def deliver(self, session: Session, envelope: Envelope, spooled: SpooledMessage) -> str:
@@ -176,7 +187,7 @@ class ReportHandler:
             best = next((v for v in verdicts if v.verdict.allowed), None)
             if best is None:
                 if self.reject_unauthorized:
-                    raise NotAuthorized(", ".join(domains))
+                    raise NotAuthorized(kind, ", ".join(domains))
                 return str(Verdict.NOT_AUTHORIZED)
             return str(best.verdict)
 
@@ -188,17 +199,23 @@ class ReportHandler:
             rcpt_to=rcpt_addresses,
         )
         bound = log.bind(peer=arrival.peer_ip, mail_from=envelope.mail_from, rcpt_to=rcpt_addresses)
+        m = self.metrics
+        started = time.perf_counter()
         try:
             result = await self.ingester.ingest(spooled.file, arrival, authorize=authorize)
         except NotAuthorized as exc:
             bound.info("refused_not_authorized", domains=str(exc))
-            return REPLY_UNAUTHORIZED
+            m.reports.labels(str(exc.kind), "unauthorized").inc()
+            return self._reply(REPLY_UNAUTHORIZED, ReplyReason.UNAUTHORIZED)
         except AuthorizationUnavailable as exc:
             bound.warning("authorization_unavailable", error=str(exc))
-            return REPLY_DNS
+            return self._reply(REPLY_DNS, ReplyReason.DNS_UNAVAILABLE)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
             bound.warning("database_unavailable", error=str(exc))
-            return REPLY_TEMPORARY
+            m.database_errors.inc()
+            return self._reply(REPLY_TEMPORARY, ReplyReason.DATABASE_UNAVAILABLE)
+        finally:
+            m.stage.labels("store").observe(time.perf_counter() - started)
         bound.info(
             "message",
             outcome=str(result.outcome),
@@ -209,13 +226,20 @@ class ReportHandler:
             reason=str(result.reason) if result.reason else None,
             size=spooled.size,
         )
+        for (kind, outcome), count in result.counts.items():
+            m.reports.labels(kind, outcome).inc(count)
+        m.records.inc(result.records)
         if result.outcome is Outcome.NOT_A_REPORT:
-            return REPLY_NOT_A_REPORT
+            return self._reply(REPLY_NOT_A_REPORT, ReplyReason.NOT_A_REPORT)
         if result.outcome is Outcome.QUARANTINED:
-            return REPLY_QUARANTINED
+            return self._reply(REPLY_QUARANTINED, ReplyReason.QUARANTINED)
         if result.outcome is Outcome.DUPLICATE:
-            return REPLY_DUPLICATE
-        return REPLY_STORED
+            return self._reply(REPLY_DUPLICATE, ReplyReason.DUPLICATE)
+        return self._reply(REPLY_STORED, ReplyReason.STORED)
+
+    def _reply(self, status: str, reason: ReplyReason) -> str:
+        self.metrics.reply(status, reason)
+        return status
 
     async def _authorize(
         self,
@@ -359,6 +383,12 @@ class ReportSMTP(SMTP):
         super().data_received(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        metrics = self.report_handler.metrics
+        if self._counted_ip is not None:
+            # aiosmtpd calls this again with the TLS transport after STARTTLS.
+            metrics.starttls.inc()
+            super().connection_made(transport)
+            return
         peer = transport.get_extra_info("peername")
         ip = peer[0] if isinstance(peer, tuple) else "unix"
         proxy = _in_networks(ip, self.trusted_proxies)
@@ -367,10 +397,14 @@ class ReportSMTP(SMTP):
         # command. The balancer carries many clients: no per-address limit for it.
         self._proxy_timeout = 10.0 if proxy else None
         if not self.sessions.open(ip, per_ip=not proxy):
+            metrics.connections.labels("refused").inc()
+            metrics.reply(REPLY_BUSY, ReplyReason.TOO_MANY_CONNECTIONS)
             assert isinstance(transport, asyncio.WriteTransport)
             transport.write(f"{REPLY_BUSY}\r\n".encode())
             transport.close()
             return
+        metrics.connections.labels("accepted").inc()
+        metrics.sessions.inc()
         self._counted_ip = ip
         self.sessions.open_sessions.add(self)
         super().connection_made(transport)
@@ -379,6 +413,7 @@ class ReportSMTP(SMTP):
         if self._counted_ip is not None:
             self.sessions.close(self._counted_ip)
             self.sessions.open_sessions.discard(self)
+            self.report_handler.metrics.sessions.dec()
             self._counted_ip = None
         super().connection_lost(error)
 
@@ -392,6 +427,7 @@ class ReportSMTP(SMTP):
     async def smtp_MAIL(self, arg: str) -> None:
         m = _SIZE.search(arg or "")
         if m and self.data_size_limit and int(m.group(1)) > self.data_size_limit:
+            self.report_handler.metrics.reply(REPLY_TOO_BIG, ReplyReason.TOO_BIG)
             await self.push(REPLY_TOO_BIG)  # RFC 1870 6
             return
         await super().smtp_MAIL(arg)
@@ -409,8 +445,10 @@ class ReportSMTP(SMTP):
             return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         spool = Spool(self.spool_memory)
+        metrics = self.report_handler.metrics
         self.busy = True
         try:
+            started = time.perf_counter()
             try:
                 self._in_data = True
                 try:
@@ -418,13 +456,19 @@ class ReportSMTP(SMTP):
                 finally:
                     self._in_data = False
             except TimeoutError:
+                metrics.reply("451", ReplyReason.DATA_TIMEOUT)
                 await self.push("451 4.4.2 Timeout waiting for the end of data")
                 if self.transport is not None:
                     self.transport.close()
                 return
+            metrics.stage.labels("receive").observe(time.perf_counter() - started)
+            metrics.messages.inc()
+            metrics.message_size.observe(size)
             if state == "too_long":
+                metrics.reply("500", ReplyReason.LINE_TOO_LONG)
                 await self.push("500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)")
             elif state == "too_much":
+                metrics.reply(REPLY_TOO_BIG, ReplyReason.TOO_BIG)
                 await self.push(REPLY_TOO_BIG)
             else:
                 assert self.session is not None

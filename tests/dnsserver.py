@@ -67,13 +67,23 @@ def _free_port() -> int:
 
 @contextmanager
 def serving(zone: Zone) -> Iterator[str]:
-    """Serve ``zone`` on loopback (UDP and TCP); yields ``host:port``."""
-    port = _free_port()
+    """Serve ``zone`` on loopback (UDP and TCP, one port); yields ``host:port``."""
     quiet = DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data", prefix=False)
-    servers = [
-        DNSServer(_Resolver(zone), port=port, address="127.0.0.1", tcp=tcp, logger=quiet)
-        for tcp in (False, True)
-    ]
+    servers: list[DNSServer] = []
+    for _ in range(20):  # a port free for UDP may be taken for TCP: try another
+        port = _free_port()
+        servers = []
+        try:
+            for tcp in (False, True):
+                servers.append(
+                    DNSServer(
+                        _Resolver(zone), port=port, address="127.0.0.1", tcp=tcp, logger=quiet
+                    )
+                )
+            break
+        except OSError:
+            for server in servers:
+                server.server.server_close()
     for server in servers:
         server.start_thread()
     try:

@@ -124,3 +124,26 @@ def test_allow_everything_for_a_trial(dns_zone: tuple[Zone, str]) -> None:
     assert check(a, "anything.example").verdict is Verdict.ALLOW_LIST
     assert run(a.check_tls("anything.example", RUA)).verdict is Verdict.ALLOW_LIST
     assert zone.queries == []
+
+
+def test_each_lookup_is_observed(dns_zone: tuple[Zone, str]) -> None:
+    zone, server = dns_zone
+    zone.txt["example.org._report._dmarc.rua.example.net"] = ["v=DMARC1"]
+    zone.servfail.add("broken.example._report._dmarc.rua.example.net")
+    seen: list[str] = []
+    a = authorizer(server, observe=seen.append, allow=["listed.example"])
+    check(a, "example.org")
+    check(a, "example.org")
+    check(a, "stranger.example")
+    check(a, "listed.example")
+    check(a, "example.net")
+    with pytest.raises(AuthorizationUnavailable):
+        check(a, "broken.example")
+    assert seen == [
+        "authorized",
+        "cache_hit",
+        "not_authorized",
+        "allow_list",
+        "same_organization",
+        "temporary_error",
+    ]

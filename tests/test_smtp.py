@@ -583,3 +583,68 @@ def test_proxy_protocol_from_trusted_balancers_only(database_url: str) -> None:
         finally:
             stop_server(trusted)
             stop_server(untrusted)
+
+
+def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as r:
+        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+        text = r.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def test_metrics_count_what_happened(server: Server) -> None:
+    before = scrape(server)
+    assert send(server, report_message("metrics-1", 3))[0] == 250
+    assert send(server, report_message("metrics-1", 3))[0] == 250  # a duplicate
+    assert send(server, report_message("m-stranger", domain="stranger2.example"))[0] == 550
+    assert send(server, report_message("never"), rcpt="nobody@rua.example.net")[0] == 550
+    after = scrape(server)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    assert delta("rua_sink_smtp_replies_total", code_class="2xx", reason="stored") == 1
+    assert delta("rua_sink_smtp_replies_total", code_class="2xx", reason="duplicate") == 1
+    assert delta("rua_sink_smtp_replies_total", code_class="5xx", reason="unauthorized") == 1
+    assert delta("rua_sink_smtp_replies_total", code_class="5xx", reason="unknown_recipient") == 1
+    assert delta("rua_sink_reports_total", type="aggregate", outcome="stored") == 1
+    assert delta("rua_sink_reports_total", type="aggregate", outcome="duplicate") == 1
+    assert delta("rua_sink_reports_total", type="aggregate", outcome="unauthorized") == 1
+    assert delta("rua_sink_records_total") == 3
+    assert delta("rua_sink_messages_total") == 3  # the refused RCPT sent no DATA
+    assert delta("rua_sink_message_size_bytes_count") == 3
+    assert delta("rua_sink_smtp_connections_total", result="accepted") == 4
+    lookups = {k: v for k, v in after.items() if k[0] == "rua_sink_authorization_lookups_total"}
+    assert delta("rua_sink_authorization_lookups_total", result="not_authorized") == 1, lookups
+    assert delta("rua_sink_authorization_lookups_total", result="cache_hit") >= 1
+    assert delta("rua_sink_stage_duration_seconds_count", stage="store") == 3
+    assert after[("rua_sink_build_info", (("version", "0.1.0"),))] == 1
+
+
+def test_readme_metrics_table_matches_the_exposition(server: Server) -> None:
+    send(server, report_message("table-1"))
+    live = {name for name, _ in scrape(server)}
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    table = text.split("<!-- metrics-table")[1].split("\n\n")[0]
+    documented = set(re.findall(r"^\| `(rua_sink_\w+)` \| (\w+) \|", table, re.M))
+    for name, kind in documented:
+        if kind == "histogram":
+            assert f"{name}_count" in live, name
+        elif kind == "counter":
+            assert name + "_total" in live or name in live, name
+        else:
+            assert name in live, name
+    families = {
+        n.removesuffix("_total").removesuffix("_count").removesuffix("_sum")
+        for n in live
+        if n.startswith("rua_sink_")
+    }
+    families = {n.removesuffix("_bucket").removesuffix("_created") for n in families}
+    assert families <= {n.removesuffix("_total") for n, _ in documented}
