@@ -73,6 +73,13 @@ class IngestResult:
     reports: list[str] = field(default_factory=list)  # "type:report_id" of new ones
     #: (report type, outcome) -> count; type "unknown" for parts that failed to parse
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: Messages reported in the new aggregate reports, by (policy domain or None when the
+    #: domain is not authorized, reporter, disposition, policy_evaluated dkim, spf).
+    dmarc: Counter[tuple[str | None, str, str, str, str]] = field(default_factory=Counter)
+    #: (policy domain, reporter) -> end of the latest new report's period (epoch seconds)
+    last_report: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: TLS sessions in the new TLS reports, by (policy domain or None, "success"/"failure")
+    tls_sessions: Counter[tuple[str | None, str]] = field(default_factory=Counter)
 
 
 #: Called with each report's type and policy domains before it is stored; returns the
@@ -298,6 +305,8 @@ class _Run:
         self.failures: list[PartFailed] = []
         self.rows: list[str] = []  # COPY text lines
         self.prefix = ""  # the columns every record of the current report shares
+        self.tally: Counter[tuple[Any, Any, Any]] = Counter()  # (disposition, dkim, spf)
+        self.verdict_allowed = True
         self.report: int | None = None  # row id of the aggregate report being loaded
         self.savepoint: Any = None
         self.begin_at = epoch(0)
@@ -314,6 +323,7 @@ class _Run:
             if type(ev) is Record:
                 if self.report is not None:
                     self.rows.append(record_line(self.prefix, ev))
+                    self.tally[(ev.disposition, ev.dkim, ev.spf)] += ev.count
                     if len(self.rows) >= batch:
                         await self.flush()
             elif isinstance(ev, AggregateReport):
@@ -343,6 +353,12 @@ class _Run:
                     raw_id = self.result.raw_message_id or 0
                     new = await self.store.insert_tls(self.conn, raw_id, ev, verdict)
                 self._count(ReportType.TLSRPT, new, ev.report_id)
+                if new:
+                    allowed = verdict != "not_authorized"
+                    for policy in ev.policies:
+                        domain = policy.policy_domain if allowed else None
+                        self.result.tls_sessions[(domain, "success")] += policy.success_count
+                        self.result.tls_sessions[(domain, "failure")] += policy.failure_count
             elif isinstance(ev, FailureReport):
                 await self.store.insert_failure(self.conn, self.result.raw_message_id or 0, ev)
                 self._count(ReportType.FAILURE, True, ev.feedback_type)
@@ -357,11 +373,28 @@ class _Run:
             self._count(ReportType.AGGREGATE, False, head.metadata.report_id)
             return
         prefix = report_prefix(report, self.begin_at, self.domain, self.reporter)
-        lines = [record_line(prefix, r) for r in records if type(r) is Record]
+        lines = []
+        for r in records:
+            if type(r) is Record:
+                lines.append(record_line(prefix, r))
+                self.tally[(r.disposition, r.dkim, r.spf)] += r.count
         if lines:
             await self.store.copy_lines(self.conn, lines, self.month)
+        self._tally_done(end)
         self.result.records += end.record_count
         self._count(ReportType.AGGREGATE, True, head.metadata.report_id)
+
+    def _tally_done(self, end: AggregateEnd) -> None:
+        """A new aggregate report is in: its messages join the message's totals."""
+        domain = self.domain if self.verdict_allowed else None
+        for (disposition, dkim, spf), n in self.tally.items():
+            key = (domain, self.reporter, str(disposition), str(dkim), str(spf))
+            self.result.dmarc[key] += n
+        self.tally.clear()
+        if self.verdict_allowed:
+            last = self.result.last_report
+            key2 = (self.domain, self.reporter)
+            last[key2] = max(last.get(key2, 0), end.report.metadata.end)
 
     def _count(self, kind: ReportType, new: bool, label: str) -> None:
         outcome = "stored" if new else "duplicate"
@@ -380,9 +413,13 @@ class _Run:
             raise MissingPartition(self.month)
         self.domain = head.policy.domain
         self.reporter = reporter_key(head.metadata.org_name, head.metadata.email)
+        self.tally.clear()
         if self.authorize is None:
+            self.verdict_allowed = True
             return None
-        return await self.authorize(ReportType.AGGREGATE, (self.domain,))
+        verdict = await self.authorize(ReportType.AGGREGATE, (self.domain,))
+        self.verdict_allowed = verdict != "not_authorized"
+        return verdict
 
     async def begin(self, head: AggregateReport) -> None:
         verdict = await self._head(head)
@@ -410,6 +447,7 @@ class _Run:
         await self.flush()
         await self.store.finish_aggregate(self.conn, self.report, end)
         await self.savepoint.commit()
+        self._tally_done(end)
         self.savepoint = None
         self.report = None
         self.result.records += end.record_count
@@ -418,6 +456,7 @@ class _Run:
     async def abandon(self) -> None:
         """A report broke half-way: what it loaded is rolled back (SPEC.md C.26)."""
         self.rows.clear()
+        self.tally.clear()
         if self.savepoint is not None:
             await self.savepoint.rollback()
             self.savepoint = None

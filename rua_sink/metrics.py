@@ -8,6 +8,7 @@ follow Prometheus conventions: ``rua_sink_`` prefix, ``_total`` counters, base u
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -34,14 +35,67 @@ class ReplyReason(StrEnum):
     TOO_MANY_CONNECTIONS = "too_many_connections"
 
 
+OTHER = "other"
+_DISPOSITIONS = frozenset(("none", "pass", "quarantine", "reject"))
+_VERDICTS = frozenset(("pass", "fail"))
+
+
+class LabelCap:
+    """Admits the first ``limit`` distinct values of a label; any later one is "other"."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.seen: set[str] = set()
+
+    def __call__(self, value: str | None) -> str:
+        if value is None:
+            return OTHER
+        if value in self.seen:
+            return value
+        if len(self.seen) < self.limit:
+            self.seen.add(value)
+            return value
+        return OTHER
+
+
 _SIZE_BUCKETS = (1e3, 4e3, 16e3, 64e3, 256e3, 1e6, 4e6, 16e6, 64e6, 256e6)
 _TIME_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_domains: int = 50,
+        max_reporters: int = 20,
+    ) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # DMARC labels: policy domains only once authorized, reporters as they come,
+        # each capped, so that a flood of junk cannot explode the series count.
+        self.domain_label = LabelCap(max_domains)
+        self.reporter_label = LabelCap(max_reporters)
+        self.dmarc_messages = Counter(
+            "rua_sink_dmarc_messages_total",
+            "Messages reported in aggregate reports, by policy domain, reporter, disposition, "
+            "DKIM and SPF alignment, and DMARC result",
+            ["policy_domain", "reporter", "disposition", "dkim", "spf", "dmarc"],
+            registry=r,
+        )
+        self.tls_sessions = Counter(
+            "rua_sink_tls_sessions_total",
+            "Sessions reported in SMTP TLS reports, by policy domain and result",
+            ["policy_domain", "result"],
+            registry=r,
+        )
+        self._latest: dict[tuple[str, str], int] = {}
+        self.last_report = Gauge(
+            "rua_sink_last_report_timestamp_seconds",
+            "End of the period of the latest aggregate report, by policy domain and reporter",
+            ["policy_domain", "reporter"],
+            registry=r,
+        )
         self.build_info = Gauge(
             "rua_sink_build_info", "rua-sink's version, as a label", ["version"], registry=r
         )
@@ -98,6 +152,32 @@ class Metrics:
             ["result"],
             registry=r,
         )
+
+    def dmarc(
+        self,
+        messages: Mapping[tuple[str | None, str, str, str, str], int],
+        last_report: Mapping[tuple[str, str], int],
+        tls_sessions: Mapping[tuple[str | None, str], int],
+    ) -> None:
+        """Add what one message's new reports said."""
+        for (domain, reporter, disposition, dkim, spf), n in messages.items():
+            dkim_l = dkim if dkim in _VERDICTS else OTHER
+            spf_l = spf if spf in _VERDICTS else OTHER
+            self.dmarc_messages.labels(
+                self.domain_label(domain),
+                self.reporter_label(reporter),
+                disposition if disposition in _DISPOSITIONS else OTHER,
+                dkim_l,
+                spf_l,
+                "pass" if "pass" in (dkim_l, spf_l) else "fail",
+            ).inc(n)
+        for (domain, reporter), end in last_report.items():
+            labels = (self.domain_label(domain), self.reporter_label(reporter))
+            latest = max(end, self._latest.get(labels, 0))  # a late report is not newer
+            self._latest[labels] = latest
+            self.last_report.labels(*labels).set(latest)
+        for (domain, result), n in tls_sessions.items():
+            self.tls_sessions.labels(self.domain_label(domain), result).inc(n)
 
     def reply(self, status: str, reason: ReplyReason) -> None:
         self.replies.labels(f"{status[:1]}xx", str(reason)).inc()

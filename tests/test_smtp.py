@@ -630,6 +630,8 @@ def test_metrics_count_what_happened(server: Server) -> None:
 
 def test_readme_metrics_table_matches_the_exposition(server: Server) -> None:
     send(server, report_message("table-1"))
+    tls = message((gz(TLS_JSON.replace(b"tls-1", b"tls-table")), "application/tlsrpt+gzip", "t.gz"))
+    send(server, tls)
     live = {name for name, _ in scrape(server)}
     text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     table = text.split("<!-- metrics-table")[1].split("\n\n")[0]
@@ -648,3 +650,35 @@ def test_readme_metrics_table_matches_the_exposition(server: Server) -> None:
     }
     families = {n.removesuffix("_bucket").removesuffix("_created") for n in families}
     assert families <= {n.removesuffix("_total") for n, _ in documented}
+
+
+def test_dmarc_metrics_for_authorized_domains_only(own_server: tuple[Server, str]) -> None:
+    srv, _ = own_server  # flag mode: unauthorized reports are stored, but not labelled
+    before = scrape(srv)
+    assert send(srv, report_message("dm-1", 3))[0] == 250  # example.com: authorized
+    assert send(srv, report_message("dm-2", 2, domain="junk.example"))[0] == 250
+    after = scrape(srv)
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    common = {"reporter": "reporter.example", "disposition": "none", "dkim": "pass", "spf": "pass"}
+    assert (
+        delta("rua_sink_dmarc_messages_total", policy_domain="example.com", dmarc="pass", **common)
+        == 6
+    )
+    assert (
+        delta("rua_sink_dmarc_messages_total", policy_domain="other", dmarc="pass", **common) == 3
+    )
+    assert not any(
+        k[0].startswith("rua_sink_dmarc") and ("policy_domain", "junk.example") in k[1]
+        for k in after
+    )
+    stamp = after[
+        (
+            "rua_sink_last_report_timestamp_seconds",
+            (("policy_domain", "example.com"), ("reporter", "reporter.example")),
+        )
+    ]
+    assert stamp == 1700086399
