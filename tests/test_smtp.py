@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import smtplib
 import socket
 import ssl
@@ -682,3 +683,37 @@ def test_dmarc_metrics_for_authorized_domains_only(own_server: tuple[Server, str
         )
     ]
     assert stamp == 1700086399
+
+
+RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+
+
+def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
+    if shutil.which("promtool") is None:
+        pytest.fail("promtool is missing: ./dev test installs it (Debian package prometheus)")
+    return subprocess.run(
+        ["promtool", *args], input=stdin, capture_output=True, timeout=120, check=False, cwd=RULES
+    )
+
+
+def test_alert_rules_check_and_pass_their_tests() -> None:
+    checked = promtool("check", "rules", "rules.yaml")
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    tested = promtool("test", "rules", "rules.test.yaml")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
+
+
+def test_rules_use_metrics_that_exist(server: Server) -> None:
+    send(server, report_message("rules-1"))
+    live = {name for name, _ in scrape(server)}
+    used = set(re.findall(r"\b(rua_sink_\w+)", (RULES / "rules.yaml").read_text()))
+    assert used
+    for name in used:
+        assert name in live or f"{name}_count" in live, name
+
+
+def test_exposition_passes_promtool_check_metrics(server: Server) -> None:
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as r:
+        text = r.read()
+    checked = promtool("check", "metrics", stdin=text)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
