@@ -19,7 +19,7 @@ from rua_sink.core.model import (
     TlsReport,
 )
 
-pytest_plugins = ["tests.pg", "tests.dnsserver"]
+pytest_plugins = ["tests.pg", "tests.dnsserver", "tests.smtpserver"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = (ROOT / ".." / "shared" / "corpus" / "real").resolve()

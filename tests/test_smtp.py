@@ -15,9 +15,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
@@ -25,130 +23,17 @@ import pytest
 from .dnsserver import Zone, serving
 from .pg import run
 from .reports import TLS_JSON, gz, message, report_xml
-
-RUA = "dmarc@rua.example.net"
-MAX_BYTES = 300 * 1024
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Server:
-    smtp_port: int
-    http_port: int
-    database_url: str
-    zone: Zone
-    process: subprocess.Popen[bytes]
-
-    def client(self) -> smtplib.SMTP:
-        return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30)
-
-    def http(self, path: str) -> int:
-        try:
-            with urllib.request.urlopen(
-                f"http://127.0.0.1:{self.http_port}{path}", timeout=10
-            ) as r:
-                return int(r.status)
-        except urllib.error.HTTPError as exc:
-            return exc.code
-
-    def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        async def go() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(self.database_url)
-            try:
-                return list(await conn.fetch(sql, *args))
-            finally:
-                await conn.close()
-
-        return run(go())
-
-
-def start_server(database_url: str, zone_address: str, zone: Zone, **extra: str) -> Server:
-    smtp_port, http_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "RUA_SINK_DATABASE_URL": database_url,
-        "RUA_SINK_SMTP_LISTEN": f"127.0.0.1:{smtp_port}",
-        "RUA_SINK_HTTP_LISTEN": f"127.0.0.1:{http_port}",
-        "RUA_SINK_ADDRESSES": "dmarc@rua.example.net,*@reports.example.net",
-        "RUA_SINK_DNS_NAMESERVERS": zone_address,
-        "RUA_SINK_DNS_TIMEOUT": "1",
-        "RUA_SINK_MAX_MESSAGE_BYTES": str(MAX_BYTES),
-        "RUA_SINK_HOSTNAME": "mx.rua.example.net",
-        "RUA_SINK_SHUTDOWN_GRACE": "5",
-        **extra,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rua_sink.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"serve exited: {process.stderr.read() if process.stderr else ''!r}")
-        try:
-            with socket.create_connection(("127.0.0.1", smtp_port), timeout=1):
-                break
-        except OSError:
-            time.sleep(0.1)
-    return Server(smtp_port, http_port, database_url, zone, process)
-
-
-def stop_server(server: Server) -> None:
-    server.process.terminate()
-    server.process.wait(timeout=60)
-    if server.process.stderr is not None:
-        server.process.stderr.close()
-
-
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[Server]:
-    zone = Zone()
-    zone.txt["example.com._report._dmarc.rua.example.net"] = ["v=DMARC1;"]
-    zone.txt["example.com._report._dmarc.reports.example.net"] = ["v=DMARC1"]
-    zone.txt["_smtp._tls.example.com"] = ["v=TLSRPTv1; rua=mailto:dmarc@rua.example.net"]
-    zone.servfail.add("broken.example._report._dmarc.rua.example.net")
-    with serving(zone) as address:
-        # A small spool memory: messages over 64 KiB go through the spool's file.
-        srv = start_server(database_url, address, zone, RUA_SINK_SPOOL_MEMORY_BYTES="64KiB")
-        try:
-            yield srv
-        finally:
-            stop_server(srv)
-
-
-def send(server: Server, data: bytes, rcpt: str = RUA, sender: str = "") -> tuple[int, str]:
-    """One delivery; the server's reply to the final dot (or to the refusing command)."""
-    with server.client() as smtp:
-        smtp.ehlo("reporter.example")
-        code, reply = smtp.mail(sender)
-        if code != 250:
-            return code, reply.decode()
-        code, reply = smtp.rcpt(rcpt)
-        if code != 250:
-            return code, reply.decode()
-        code, reply = smtp.data(data)
-        return code, reply.decode()
-
-
-def report_message(report_id: str, records: int = 2, domain: str = "example.com") -> bytes:
-    xml = report_xml(records, report_id=report_id, domain=domain)
-    return message((gz(xml), "application/gzip", f"r!{domain}!1!2.xml.gz"))
-
-
-def stored(server: Server, report_id: str) -> list[asyncpg.Record]:
-    return server.fetch(
-        "SELECT r.id, r.record_count, r.authz_verdict, m.status, m.mail_from, m.rcpt_to, "
-        "host(m.peer_ip) AS peer, m.helo FROM aggregate_reports r "
-        "JOIN raw_messages m ON m.id = r.raw_message_id WHERE r.report_id = $1",
-        report_id,
-    )
+from .smtpserver import (
+    MAX_BYTES,
+    RUA,
+    Server,
+    report_message,
+    scrape,
+    send,
+    start_server,
+    stop_server,
+    stored,
+)
 
 
 def test_a_report_is_committed_before_its_250(server: Server) -> None:
@@ -584,19 +469,6 @@ def test_proxy_protocol_from_trusted_balancers_only(database_url: str) -> None:
         finally:
             stop_server(trusted)
             stop_server(untrusted)
-
-
-def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as r:
-        assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
-        text = r.read().decode()
-    return {
-        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-    }
 
 
 def test_metrics_count_what_happened(server: Server) -> None:
