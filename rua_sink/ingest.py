@@ -20,6 +20,7 @@ import io
 import itertools
 import tempfile
 import threading
+import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -78,6 +79,8 @@ class IngestResult:
     dmarc: Counter[tuple[str | None, str, str, str, str]] = field(default_factory=Counter)
     #: (policy domain, reporter) -> end of the latest new report's period (epoch seconds)
     last_report: dict[tuple[str, str], int] = field(default_factory=dict)
+    #: Time the final COMMIT took.
+    commit_seconds: float = 0.0
     #: TLS sessions in the new TLS reports, by (policy domain or None, "success"/"failure")
     tls_sessions: Counter[tuple[str | None, str]] = field(default_factory=Counter)
 
@@ -182,13 +185,25 @@ class Ingester:
         for _ in range(24):
             file.seek(0)
             try:
-                async with self.store.pool.acquire() as conn, conn.transaction():
-                    raw_id = await self.store.insert_raw(conn, raw, envelope, when)
-                    if raw_id is None:
-                        return IngestResult(Outcome.DUPLICATE, None)
-                    result = await self._process(conn, raw_id, file, _name(envelope), authorize)
-                    if result.outcome is Outcome.NOT_A_REPORT and not self.keep_non_reports:
-                        raise _Discard(result)
+                async with self.store.pool.acquire() as conn:
+                    transaction = conn.transaction()
+                    await transaction.start()
+                    try:
+                        raw_id = await self.store.insert_raw(conn, raw, envelope, when)
+                        if raw_id is None:
+                            result = IngestResult(Outcome.DUPLICATE, None)
+                        else:
+                            result = await self._process(
+                                conn, raw_id, file, _name(envelope), authorize
+                            )
+                        if result.outcome is Outcome.NOT_A_REPORT and not self.keep_non_reports:
+                            raise _Discard(result)
+                    except BaseException:
+                        await transaction.rollback()
+                        raise
+                    started = time.perf_counter()
+                    await transaction.commit()
+                    result.commit_seconds = time.perf_counter() - started
                     return result
             except MissingPartition as missing:
                 # Created outside the message's transaction, which has been rolled back:

@@ -136,7 +136,7 @@ class Metrics:
         )
         self.stage = Histogram(
             "rua_sink_stage_duration_seconds",
-            "Time per stage of a message: receive (DATA), store (parse and commit)",
+            "Time per stage of a message: receive (DATA), store (parse to commit), commit",
             ["stage"],
             buckets=_TIME_BUCKETS,
             registry=r,

@@ -229,6 +229,7 @@ class ReportHandler:
         for (kind, outcome), count in result.counts.items():
             m.reports.labels(kind, outcome).inc(count)
         m.records.inc(result.records)
+        m.stage.labels("commit").observe(result.commit_seconds)
         m.dmarc(result.dmarc, result.last_report, result.tls_sessions)
         if result.outcome is Outcome.NOT_A_REPORT:
             return self._reply(REPLY_NOT_A_REPORT, ReplyReason.NOT_A_REPORT)
