@@ -50,7 +50,10 @@ class App:
             await migrate.migrate(conn)
         store = Store(pool)
         await store.load_partitions()
-        metrics = Metrics()
+        metrics = Metrics(
+            max_domains=settings.metrics_max_domains,
+            max_reporters=settings.metrics_max_reporters,
+        )
         lookups = metrics.authorization
         authorizer = Authorizer(
             resolver=make_resolver(settings.dns_nameservers, settings.dns_timeout),

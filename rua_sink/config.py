@@ -74,6 +74,16 @@ SETTINGS: dict[str, Setting] = {
         "",
         "CIDRs of load balancers whose PROXY protocol v1/v2 header is read (others: refused)",
     ),
+    "metrics_max_domains": Setting(
+        "RUA_SINK_METRICS_MAX_DOMAINS",
+        "50",
+        "policy_domain label values in DMARC metrics (then other)",
+    ),
+    "metrics_max_reporters": Setting(
+        "RUA_SINK_METRICS_MAX_REPORTERS",
+        "20",
+        "reporter label values in DMARC metrics (then other)",
+    ),
     "max_sessions": Setting("RUA_SINK_MAX_SESSIONS", "500", "concurrent SMTP sessions"),
     "max_sessions_per_ip": Setting(
         "RUA_SINK_MAX_SESSIONS_PER_IP", "20", "concurrent SMTP sessions from one client address"
@@ -102,6 +112,8 @@ class Settings:
     tls_cert: str = ""
     tls_key: str = ""
     proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...] = ()
+    metrics_max_domains: int = 50
+    metrics_max_reporters: int = 20
     max_sessions: int = 500
     max_sessions_per_ip: int = 20
     max_recipients: int = 20
@@ -128,6 +140,8 @@ class Settings:
                 "proxy_protocol_from": tuple(
                     ip_network(n, strict=False) for n in _list(raw["proxy_protocol_from"])
                 ),
+                "metrics_max_domains": parse_size(raw["metrics_max_domains"]),
+                "metrics_max_reporters": parse_size(raw["metrics_max_reporters"]),
                 "max_sessions": parse_size(raw["max_sessions"]),
                 "max_sessions_per_ip": parse_size(raw["max_sessions_per_ip"]),
                 "max_recipients": parse_size(raw["max_recipients"]),
