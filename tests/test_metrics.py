@@ -19,7 +19,9 @@ def samples(m: Metrics, name: str) -> dict[tuple[tuple[str, str], ...], float]:
 
 def test_domains_and_reporters_are_capped() -> None:
     m = Metrics(max_domains=2, max_reporters=1)
-    messages = {(f"d{i}.example", f"r{i}", "none", "pass", "fail"): 10 for i in range(5)}
+    messages: dict[tuple[str | None, str, str, str, str], int] = {
+        (f"d{i}.example", f"r{i}", "none", "pass", "fail"): 10 for i in range(5)
+    }
     messages[(None, "r0", "reject", "fail", "fail")] = 3  # an unauthorized domain
     m.dmarc(messages, {("d0.example", "r0"): 1700000000}, {})
     got = samples(m, "rua_sink_dmarc_messages_total")
