@@ -26,7 +26,9 @@ def readme_queries() -> dict[str, str]:
     return dict(found)
 
 
-def parsed_records() -> list[tuple[str, Record, datetime]]:
+def parsed_records(
+    period: tuple[datetime, datetime] = PERIOD,
+) -> list[tuple[str, Record, datetime]]:
     """(reporter, record, report begin) of every corpus report for DOMAIN, from the parser."""
     out = []
     for path in sorted(CORPUS.rglob("*")):
@@ -38,7 +40,7 @@ def parsed_records() -> list[tuple[str, Record, datetime]]:
                 head = ev
             elif isinstance(ev, Record) and head is not None and head.policy.domain == DOMAIN:
                 begin = datetime.fromtimestamp(head.metadata.begin, UTC)
-                if PERIOD[0] <= begin < PERIOD[1]:
+                if period[0] <= begin < period[1]:
                     reporter = reporter_key(head.metadata.org_name, head.metadata.email)
                     out.append((reporter, ev, begin))
     return out
