@@ -79,8 +79,11 @@ class IngestResult:
     dmarc: Counter[tuple[str | None, str, str, str, str]] = field(default_factory=Counter)
     #: (policy domain, reporter) -> end of the latest new report's period (epoch seconds)
     last_report: dict[tuple[str, str], int] = field(default_factory=dict)
-    #: Time the final COMMIT took.
+    #: Time the final COMMIT took, and CPU time the core spent parsing.
     commit_seconds: float = 0.0
+    parse_seconds: float = 0.0
+    #: Decompressed bytes of the aggregate report documents read.
+    document_bytes: int = 0
     #: TLS sessions in the new TLS reports, by (policy domain or None, "success"/"failure")
     tls_sessions: Counter[tuple[str | None, str]] = field(default_factory=Counter)
 
@@ -98,7 +101,10 @@ class _Raised:
 
 
 async def events_in_thread(
-    produce: Callable[[], Iterator[Event]], batch: int = 2000, depth: int = 6
+    produce: Callable[[], Iterator[Event]],
+    batch: int = 2000,
+    depth: int = 6,
+    cpu: list[float] | None = None,
 ) -> AsyncGenerator[list[Event], None]:
     """Run a core generator in a thread; yield its events in lists of up to ``batch``.
 
@@ -132,6 +138,8 @@ async def events_in_thread(
                     pending = []
             if pending and not put(pending):
                 return
+            if cpu is not None:
+                cpu.append(time.thread_time())  # this thread's CPU time: the parse
             put(_END)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             put(_Raised(exc))
@@ -253,15 +261,22 @@ class Ingester:
                 # events between which other sessions get their turn, it costs less than a
                 # thread hand-over.
                 stream = parse_stream(file, name, limits)
-                while batch := list(itertools.islice(stream, INLINE_BATCH)):
+                while True:
+                    started = time.thread_time()
+                    batch = list(itertools.islice(stream, INLINE_BATCH))
+                    result.parse_seconds += time.thread_time() - started
+                    if not batch:
+                        break
                     await run.feed(batch)
                     await asyncio.sleep(0)
             else:
+                cpu: list[float] = []
                 async with contextlib.aclosing(
-                    events_in_thread(lambda: parse_stream(file, name, limits))
+                    events_in_thread(lambda: parse_stream(file, name, limits), cpu=cpu)
                 ) as batches:
                     async for events in batches:
                         await run.feed(events)
+                result.parse_seconds += sum(cpu)
         except NotAReport as exc:
             result.outcome = Outcome.NOT_A_REPORT
             status, reason, detail = "not_a_report", exc.reason, exc.detail
@@ -347,6 +362,7 @@ class _Run:
                     j += 1
                 end = events[j] if j < n else None
                 if isinstance(end, AggregateEnd) and j - i <= batch:
+                    self.result.document_bytes += end.document_bytes
                     # The whole report is in hand and valid: one insert with its totals
                     # and one COPY, with no savepoint (most reports are this small).
                     await self.whole(ev, events[i:j], end)
@@ -354,6 +370,7 @@ class _Run:
                 else:
                     await self.begin(ev)
             elif isinstance(ev, AggregateEnd):
+                self.result.document_bytes += ev.document_bytes
                 await self.end(ev)
             elif isinstance(ev, PartFailed):
                 await self.abandon()
@@ -367,7 +384,9 @@ class _Run:
                 async with self.conn.transaction():
                     raw_id = self.result.raw_message_id or 0
                     new = await self.store.insert_tls(self.conn, raw_id, ev, verdict)
-                self._count(ReportType.TLSRPT, new, ev.report_id)
+                self._count(
+                    ReportType.TLSRPT, new, ev.report_id, flagged=verdict == "not_authorized"
+                )
                 if new:
                     allowed = verdict != "not_authorized"
                     for policy in ev.policies:
@@ -397,7 +416,9 @@ class _Run:
             await self.store.copy_lines(self.conn, lines, self.month)
         self._tally_done(end)
         self.result.records += end.record_count
-        self._count(ReportType.AGGREGATE, True, head.metadata.report_id)
+        self._count(
+            ReportType.AGGREGATE, True, head.metadata.report_id, flagged=not self.verdict_allowed
+        )
 
     def _tally_done(self, end: AggregateEnd) -> None:
         """A new aggregate report is in: its messages join the message's totals."""
@@ -411,8 +432,9 @@ class _Run:
             key2 = (self.domain, self.reporter)
             last[key2] = max(last.get(key2, 0), end.report.metadata.end)
 
-    def _count(self, kind: ReportType, new: bool, label: str) -> None:
-        outcome = "stored" if new else "duplicate"
+    def _count(self, kind: ReportType, new: bool, label: str, *, flagged: bool = False) -> None:
+        # flagged: stored, though its domain has not authorized us (RUA_SINK_UNAUTHORIZED=flag)
+        outcome = ("unauthorized" if flagged else "stored") if new else "duplicate"
         self.result.counts[(str(kind), outcome)] += 1
         if new:
             self.result.reports_new += 1
@@ -466,7 +488,12 @@ class _Run:
         self.savepoint = None
         self.report = None
         self.result.records += end.record_count
-        self._count(ReportType.AGGREGATE, True, end.report.metadata.report_id)
+        self._count(
+            ReportType.AGGREGATE,
+            True,
+            end.report.metadata.report_id,
+            flagged=not self.verdict_allowed,
+        )
 
     async def abandon(self) -> None:
         """A report broke half-way: what it loaded is rolled back (SPEC.md C.26)."""

@@ -109,6 +109,12 @@ class Metrics:
         self.starttls = Counter(
             "rua_sink_smtp_starttls_total", "SMTP sessions that switched to TLS", registry=r
         )
+        self.sessions_ended = Counter(
+            "rua_sink_smtp_sessions_ended_total",
+            "SMTP sessions ended, by whether they used TLS",
+            ["tls"],
+            registry=r,
+        )
         self.sessions = Gauge("rua_sink_smtp_sessions", "SMTP sessions open", registry=r)
         self.replies = Counter(
             "rua_sink_smtp_replies_total",
@@ -134,9 +140,15 @@ class Metrics:
         self.records = Counter(
             "rua_sink_records_total", "Aggregate report records stored", registry=r
         )
+        self.decompressed_bytes = Counter(
+            "rua_sink_decompressed_bytes_total",
+            "Bytes of aggregate report XML read, after decompression",
+            registry=r,
+        )
         self.stage = Histogram(
             "rua_sink_stage_duration_seconds",
-            "Time per stage of a message: receive (DATA), store (parse to commit), commit",
+            "Time per stage of a message: receive (DATA), store (parse to commit), parse (CPU "
+            "time of the core), commit",
             ["stage"],
             buckets=_TIME_BUCKETS,
             registry=r,

@@ -205,7 +205,7 @@ class ReportHandler:
             result = await self.ingester.ingest(spooled.file, arrival, authorize=authorize)
         except NotAuthorized as exc:
             bound.info("refused_not_authorized", domains=str(exc))
-            m.reports.labels(str(exc.kind), "unauthorized").inc()
+            m.reports.labels(str(exc.kind), "rejected").inc()
             return self._reply(REPLY_UNAUTHORIZED, ReplyReason.UNAUTHORIZED)
         except AuthorizationUnavailable as exc:
             bound.warning("authorization_unavailable", error=str(exc))
@@ -230,6 +230,8 @@ class ReportHandler:
             m.reports.labels(kind, outcome).inc(count)
         m.records.inc(result.records)
         m.stage.labels("commit").observe(result.commit_seconds)
+        m.stage.labels("parse").observe(result.parse_seconds)
+        m.decompressed_bytes.inc(result.document_bytes)
         m.dmarc(result.dmarc, result.last_report, result.tls_sessions)
         if result.outcome is Outcome.NOT_A_REPORT:
             return self._reply(REPLY_NOT_A_REPORT, ReplyReason.NOT_A_REPORT)
@@ -374,6 +376,7 @@ class ReportSMTP(SMTP):
         self.spool_memory = spool_memory
         self._counted_ip: str | None = None
         self._in_data = False
+        self._tls_used = False
         self.busy = False  # from DATA to its reply: a message the server must finish
 
     def data_received(self, data: bytes) -> None:
@@ -389,6 +392,7 @@ class ReportSMTP(SMTP):
         if self._counted_ip is not None:
             # aiosmtpd calls this again with the TLS transport after STARTTLS.
             metrics.starttls.inc()
+            self._tls_used = True
             super().connection_made(transport)
             return
         peer = transport.get_extra_info("peername")
@@ -415,7 +419,9 @@ class ReportSMTP(SMTP):
         if self._counted_ip is not None:
             self.sessions.close(self._counted_ip)
             self.sessions.open_sessions.discard(self)
-            self.report_handler.metrics.sessions.dec()
+            metrics = self.report_handler.metrics
+            metrics.sessions.dec()
+            metrics.sessions_ended.labels("yes" if self._tls_used else "no").inc()
             self._counted_ip = None
         super().connection_lost(error)
 

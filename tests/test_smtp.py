@@ -428,6 +428,10 @@ def test_starttls_offered_never_required(database_url: str, tmp_path: Path) -> N
                 smtp.sendmail("", [RUA], report_message("over-tls"))
             # Without TLS, the same delivery is accepted as well (RFC 3207 4).
             assert send(srv, report_message("in-clear"))[0] == 250
+            time.sleep(0.3)
+            ended = scrape(srv)
+            assert ended[("rua_sink_smtp_sessions_ended_total", (("tls", "yes"),))] == 1
+            assert ended[("rua_sink_smtp_starttls_total", ())] == 1
             assert len(stored(srv, "over-tls")) == len(stored(srv, "in-clear")) == 1
         finally:
             stop_server(srv)
@@ -489,7 +493,7 @@ def test_metrics_count_what_happened(server: Server) -> None:
     assert delta("rua_sink_smtp_replies_total", code_class="5xx", reason="unknown_recipient") == 1
     assert delta("rua_sink_reports_total", type="aggregate", outcome="stored") == 1
     assert delta("rua_sink_reports_total", type="aggregate", outcome="duplicate") == 1
-    assert delta("rua_sink_reports_total", type="aggregate", outcome="unauthorized") == 1
+    assert delta("rua_sink_reports_total", type="aggregate", outcome="rejected") == 1
     assert delta("rua_sink_records_total") == 3
     assert delta("rua_sink_messages_total") == 3  # the refused RCPT sent no DATA
     assert delta("rua_sink_message_size_bytes_count") == 3
@@ -498,6 +502,10 @@ def test_metrics_count_what_happened(server: Server) -> None:
     assert delta("rua_sink_authorization_lookups_total", result="not_authorized") == 1, lookups
     assert delta("rua_sink_authorization_lookups_total", result="cache_hit") >= 1
     assert delta("rua_sink_stage_duration_seconds_count", stage="store") == 3
+    assert delta("rua_sink_stage_duration_seconds_count", stage="parse") == 2  # DATA stored
+    assert delta("rua_sink_stage_duration_seconds_count", stage="commit") == 2
+    xml = len(report_xml(3, report_id="metrics-1"))
+    assert delta("rua_sink_decompressed_bytes_total") == 2 * xml  # the stored and the duplicate
     assert after[("rua_sink_build_info", (("version", "0.1.0"),))] == 1
 
 
@@ -555,6 +563,8 @@ def test_dmarc_metrics_for_authorized_domains_only(own_server: tuple[Server, str
         )
     ]
     assert stamp == 1700086399
+    flagged = delta("rua_sink_reports_total", type="aggregate", outcome="unauthorized")
+    assert flagged == 1  # stored, marked
 
 
 RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"

@@ -548,6 +548,7 @@ def parse_aggregate(
     max_depth = limits.max_xml_depth
     max_records = limits.max_records
     closing = False
+    document_bytes = 0
     stream = iter(chunks)
     final = False
     while not final:
@@ -556,6 +557,7 @@ def parse_aggregate(
             final = True
             data = cleaner.flush()
         else:
+            document_bytes += len(chunk)
             data = cleaner.feed(chunk)
         if root_closed:
             if data.strip():
@@ -633,7 +635,11 @@ def parse_aggregate(
         yield doc.make_head()
         yield from doc.early
     yield AggregateEnd(
-        doc.head or doc.make_head(), doc.records, doc.messages, tuple(cleaner.repairs)
+        doc.head or doc.make_head(),
+        doc.records,
+        doc.messages,
+        tuple(cleaner.repairs),
+        document_bytes,
     )
 
 

@@ -248,6 +248,8 @@ class AggregateEnd:
     message_count: int
     #: What was repaired to make the document parse, in order (empty: nothing).
     repairs: tuple[str, ...] = ()
+    #: Bytes of the (decompressed) XML document.
+    document_bytes: int = 0
 
     @property
     def repaired(self) -> bool:
