@@ -165,6 +165,30 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(days=int(m.group(1)) * _DAYS[m.group(2)])
 
 
+def _day(text: str) -> datetime:
+    try:
+        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
+
+
+def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
+    from .core.aggregate import domain as a_label  # noqa: PLC0415
+    from .summary import summarize  # noqa: PLC0415
+
+    until = args.until or datetime.now(UTC)
+    since = args.since or until - timedelta(days=args.days)
+    name = a_label(args.domain) or args.domain
+
+    async def run() -> Any:
+        async with open_store() as store, store.pool.acquire() as conn:
+            return await summarize(conn, name, since, until, args.top)
+
+    result = asyncio.run(run())
+    out.write((json.dumps(result.as_json()) if args.json else result.text()) + "\n")
+    return 0
+
+
 def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     cutoff = datetime.now(UTC) - args.older_than
 
@@ -300,6 +324,17 @@ def add_commands(sub: Any, limits_parent: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="every raw message, not only quarantined")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_reprocess)
+
+    p = sub.add_parser(
+        "report", help="what the stored reports say about a domain: volume, pass rate, sources"
+    )
+    p.add_argument("domain", metavar="DOMAIN")
+    p.add_argument("--days", type=int, default=30, help="the last N days (default 30)")
+    p.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="instead of --days")
+    p.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="end (default: now)")
+    p.add_argument("--top", type=int, default=10, help="sources listed (default 10)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "prune", help="drop reports, record partitions and raw messages past retention"

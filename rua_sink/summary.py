@@ -1,0 +1,116 @@
+"""``rua-sink report DOMAIN``: what the stored reports say about one domain."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from .store import Conn
+
+_TOTALS = """
+SELECT coalesce(sum(message_count), 0) AS messages,
+       coalesce(sum(message_count) FILTER (WHERE dmarc_pass), 0) AS passing,
+       count(DISTINCT reporter) AS reporters,
+       count(DISTINCT coalesce(host(source_ip), source_ip_text)) AS sources
+FROM aggregate_records
+WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3
+"""
+_SOURCES = """
+SELECT coalesce(host(source_ip), source_ip_text) AS source,
+       sum(message_count) AS messages,
+       coalesce(sum(message_count) FILTER (WHERE dmarc_pass), 0) AS passing
+FROM aggregate_records
+WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3
+GROUP BY 1 ORDER BY messages DESC, source LIMIT $4
+"""
+_FAILING = """
+SELECT coalesce(host(source_ip), source_ip_text) AS source,
+       sum(message_count) AS failing,
+       array_agg(DISTINCT reporter ORDER BY reporter) AS reporters
+FROM aggregate_records
+WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3 AND dmarc_pass IS NOT TRUE
+GROUP BY 1 ORDER BY failing DESC, source LIMIT $4
+"""
+_REPORTERS = """
+SELECT reporter, count(DISTINCT report) AS reports, sum(message_count) AS messages
+FROM aggregate_records
+WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3
+GROUP BY 1 ORDER BY messages DESC, reporter
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class DomainSummary:
+    domain: str
+    since: datetime
+    until: datetime
+    messages: int
+    passing: int
+    reporters: list[dict[str, Any]]
+    sources: list[dict[str, Any]]
+    failing: list[dict[str, Any]]
+    source_count: int
+
+    @property
+    def pass_rate(self) -> float | None:
+        return round(100.0 * self.passing / self.messages, 1) if self.messages else None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "domain": self.domain,
+            "since": self.since.isoformat(),
+            "until": self.until.isoformat(),
+            "messages": self.messages,
+            "passing": self.passing,
+            "pass_rate": self.pass_rate,
+            "source_count": self.source_count,
+            "reporters": self.reporters,
+            "top_sources": self.sources,
+            "top_failing_sources": self.failing,
+        }
+
+    def text(self) -> str:
+        rate = f"{self.pass_rate}%" if self.pass_rate is not None else "n/a"
+        lines = [
+            f"{self.domain}: {self.since:%Y-%m-%d} to {self.until:%Y-%m-%d}",
+            f"  {self.messages} messages reported, {self.passing} passing DMARC ({rate}), "
+            f"from {self.source_count} sources",
+            "  reporters:",
+            *(
+                f"    {r['reporter']:<32} {r['messages']:>10} messages in {r['reports']} reports"
+                for r in self.reporters
+            ),
+            "  top sources:",
+            *(
+                f"    {s['source']:<40} {s['messages']:>10} messages, {s['passing']} passing"
+                for s in self.sources
+            ),
+            "  top failing sources:",
+            *(
+                f"    {s['source']:<40} {s['failing']:>10} failing ({', '.join(s['reporters'])})"
+                for s in self.failing
+            ),
+        ]
+        return "\n".join(lines)
+
+
+async def summarize(
+    conn: Conn, domain: str, since: datetime, until: datetime, top: int = 10
+) -> DomainSummary:
+    totals = await conn.fetchrow(_TOTALS, domain, since, until)
+    assert totals is not None
+    return DomainSummary(
+        domain=domain,
+        since=since,
+        until=until,
+        messages=int(totals["messages"]),
+        passing=int(totals["passing"]),
+        source_count=int(totals["sources"]),
+        reporters=[dict(r) for r in await conn.fetch(_REPORTERS, domain, since, until)],
+        sources=[dict(r) for r in await conn.fetch(_SOURCES, domain, since, until, top)],
+        failing=[
+            {**dict(r), "reporters": list(r["reporters"])}
+            for r in await conn.fetch(_FAILING, domain, since, until, top)
+        ],
+    )
