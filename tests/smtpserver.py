@@ -7,12 +7,13 @@ import smtplib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 import asyncpg
 import pytest
@@ -38,6 +39,7 @@ class Server:
     database_url: str
     zone: Zone
     process: subprocess.Popen[bytes]
+    log: IO[str]  # the server's stderr: its structured log lines
 
     def client(self) -> smtplib.SMTP:
         return smtplib.SMTP("127.0.0.1", self.smtp_port, timeout=30)
@@ -77,29 +79,32 @@ def start_server(database_url: str, zone_address: str, zone: Zone, **extra: str)
         "RUA_SINK_SHUTDOWN_GRACE": "5",
         **extra,
     }
+    log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by stop_server
     process = subprocess.Popen(
         [sys.executable, "-m", "rua_sink.cli", "serve"],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        # A file, not a pipe: nobody reads the logs while the server runs, and a full pipe
+        # would stop the server at its next log line.
+        stderr=log,
     )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"serve exited: {process.stderr.read() if process.stderr else ''!r}")
+            log.seek(0)
+            raise RuntimeError(f"serve exited: {log.read()[-3000:]!r}")
         try:
             with socket.create_connection(("127.0.0.1", smtp_port), timeout=1):
                 break
         except OSError:
             time.sleep(0.1)
-    return Server(smtp_port, http_port, database_url, zone, process)
+    return Server(smtp_port, http_port, database_url, zone, process, log)
 
 
 def stop_server(server: Server) -> None:
     server.process.terminate()
     server.process.wait(timeout=60)
-    if server.process.stderr is not None:
-        server.process.stderr.close()
+    server.log.close()
 
 
 @pytest.fixture(scope="module")

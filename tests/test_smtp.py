@@ -340,8 +340,8 @@ def test_sigterm_lets_a_delivery_in_flight_finish(database_url: str) -> None:
         finally:
             if srv.process.poll() is None:
                 stop_server(srv)
-            elif srv.process.stderr is not None:
-                srv.process.stderr.close()
+            else:
+                srv.log.close()
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
