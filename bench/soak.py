@@ -1,0 +1,145 @@
+"""Soak: a fixed delivery rate for a long while, watching the server's memory.
+
+Runs ``rua-sink serve`` on a fresh database and delivers small reports at a fixed rate
+(default 20 a second) for ten minutes, sampling the server's RSS every second. Prints the
+RSS slope after the warm-up (least squares, MiB per hour; flat is the target) and the
+p50/p99 delivery latency (connect to 250).
+
+    python bench/soak.py [--seconds 600] [--rate 20] [--warmup 60]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import smtplib
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest import create_db, drop_db, with_database
+from smtp import RUA, free_port, small_message
+
+
+def vm_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
+    den = sum((x - mean_x) ** 2 for x, _ in points)
+    return num / den if den else 0.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=600)
+    ap.add_argument("--rate", type=float, default=20)
+    ap.add_argument("--warmup", type=float, default=60)
+    ap.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "RUA_SINK_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
+        ),
+    )
+    args = ap.parse_args()
+    name = f"rua_sink_soak_{uuid.uuid4().hex[:10]}"
+    asyncio.run(create_db(args.database_url, name))
+    port, http = free_port(), free_port()
+    env = {
+        **os.environ,
+        "RUA_SINK_DATABASE_URL": with_database(args.database_url, name),
+        "RUA_SINK_SMTP_LISTEN": f"127.0.0.1:{port}",
+        "RUA_SINK_HTTP_LISTEN": f"127.0.0.1:{http}",
+        "RUA_SINK_ADDRESSES": RUA,
+        "RUA_SINK_AUTHORIZED_DOMAINS": "*",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "rua_sink.cli", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    samples: list[tuple[float, float]] = []
+    latencies: list[float] = []
+    failures = 0
+    lock = threading.Lock()
+    done = threading.Event()
+    try:
+        for _ in range(300):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        start = time.monotonic()
+
+        def sample() -> None:
+            while not done.is_set():
+                samples.append((time.monotonic() - start, vm_rss(server.pid) / 2**20))
+                time.sleep(1)
+
+        def deliver(i: int) -> None:
+            nonlocal failures
+            t0 = time.monotonic()
+            try:
+                with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+                    smtp.sendmail("noreply@bench.example", [RUA], small_message(i))
+                ok = True
+            except smtplib.SMTPException:
+                ok = False
+            with lock:
+                if ok:
+                    latencies.append(time.monotonic() - t0)
+                else:
+                    failures += 1
+
+        threading.Thread(target=sample, daemon=True).start()
+        i = 0
+        senders: list[threading.Thread] = []
+        while (now := time.monotonic() - start) < args.seconds:
+            due = i / args.rate
+            if now < due:
+                time.sleep(due - now)
+            t = threading.Thread(target=deliver, args=(i,))
+            t.start()
+            senders.append(t)
+            i += 1
+        for t in senders:
+            t.join(timeout=120)
+        done.set()
+        steady = [(t, rss) for t, rss in samples if t >= args.warmup]
+        per_hour = slope(steady) * 3600 if len(steady) > 2 else float("nan")
+        lat = sorted(latencies)
+        print(
+            f"{i} deliveries at {args.rate:g}/s for {args.seconds:g} s, {failures} failed; "
+            f"server RSS after warm-up: {steady[0][1]:.1f} -> {steady[-1][1]:.1f} MiB, "
+            f"slope {per_hour:+.1f} MiB/hour"
+        )
+        print(
+            f"delivery latency: p50 {statistics.median(lat) * 1000:.1f} ms, "
+            f"p99 {lat[int(len(lat) * 0.99) - 1] * 1000:.1f} ms"
+        )
+    finally:
+        done.set()
+        server.terminate()
+        server.wait(timeout=60)
+        asyncio.run(drop_db(args.database_url, name))
+
+
+if __name__ == "__main__":
+    main()
