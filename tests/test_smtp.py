@@ -3,6 +3,7 @@ real PostgreSQL: every row of SPEC.md's decision table."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
@@ -599,3 +600,45 @@ def test_exposition_passes_promtool_check_metrics(server: Server) -> None:
         text = r.read()
     checked = promtool("check", "metrics", stdin=text)
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_no_250_until_the_commit(server: Server) -> None:
+    # While another transaction blocks writes to raw_messages, the delivery cannot commit:
+    # no reply may come. Once the lock goes, the 250 comes, and the rows are there.
+    import threading
+
+    async def hold(release: asyncio.Event, locked: threading.Event) -> None:
+        conn = await asyncpg.connect(server.database_url)
+        try:
+            async with conn.transaction():
+                await conn.execute("LOCK TABLE raw_messages IN SHARE MODE")
+                locked.set()
+                await release.wait()
+        finally:
+            await conn.close()
+
+    loop = asyncio.new_event_loop()
+    release = asyncio.Event()
+    locked = threading.Event()
+    holder = threading.Thread(target=loop.run_until_complete, args=(hold(release, locked),))
+    holder.start()
+    assert locked.wait(10)
+    replies: list[tuple[int, bytes]] = []
+
+    def deliver() -> None:
+        with server.client() as smtp:
+            smtp.ehlo("reporter.example")
+            smtp.mail("")
+            smtp.rcpt(RUA)
+            replies.append(smtp.data(report_message("blocked-commit")))  # before QUIT
+
+    sender = threading.Thread(target=deliver)
+    sender.start()
+    time.sleep(1.5)
+    assert replies == []  # no 250 while the commit cannot happen
+    loop.call_soon_threadsafe(release.set)
+    sender.join(timeout=30)
+    holder.join(timeout=30)
+    loop.close()
+    assert replies[0][0] == 250
+    assert len(stored(server, "blocked-commit")) == 1
