@@ -13,21 +13,16 @@ The server is RUA_SINK_BENCH_DATABASE_URL (or --database-url), else 127.0.0.1:54
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import textwrap
-import uuid
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
-
-import asyncpg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import add_database_argument, scratch_database
 from parse import _fmt, build_email
 
 CHILD = textwrap.dedent(
@@ -76,60 +71,24 @@ CHILD = textwrap.dedent(
 )
 
 
-def with_database(url: str, name: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
-
-
-async def create_db(server: str, name: str) -> None:
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def drop_db(server: str, name: str) -> None:
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--records", type=int, default=400_000)
-    ap.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "RUA_SINK_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_argument(ap)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="rua-sink-bench-") as tmp:
         path = Path(tmp) / f"report-{args.records}.eml"
         xml_bytes = build_email(path, args.records)
         runs = []
         for _ in range(args.runs):
-            name = f"rua_sink_bench_{uuid.uuid4().hex[:10]}"
-            asyncio.run(create_db(args.database_url, name))
-            try:
+            with scratch_database(args.database_url, "rua_sink_bench") as url:
                 out = subprocess.run(
-                    [
-                        sys.executable,
-                        "-c",
-                        CHILD,
-                        str(path),
-                        with_database(args.database_url, name),
-                    ],
+                    [sys.executable, "-c", CHILD, str(path), url],
                     check=True,
                     capture_output=True,
                     text=True,
                 )
-            finally:
-                asyncio.run(drop_db(args.database_url, name))
             run = json.loads(out.stdout.strip().splitlines()[-1])
             assert run["records"] == run["rows"] == run["parsed"] == args.records, run
             runs.append(run)

@@ -14,32 +14,19 @@ The PostgreSQL server is RUA_SINK_BENCH_DATABASE_URL (or --database-url), else
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gzip
-import os
 import smtplib
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import create_db, drop_db, with_database
+from benchlib import RUA, add_database_argument, proc_status, scratch_database, serving
 from parse import HEAD, RECORD, build_email
-
-RUA = "dmarc@rua.example.net"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def small_message(i: int) -> bytes:
@@ -69,108 +56,74 @@ def small_message(i: int) -> bytes:
     return msg.as_bytes(policy=SMTP)
 
 
-def vm_hwm(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--sessions", type=int, default=20)
     ap.add_argument("--records", type=int, default=400_000)
-    ap.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "RUA_SINK_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_argument(ap)
     args = ap.parse_args()
-    name = f"rua_sink_bench_{uuid.uuid4().hex[:10]}"
-    asyncio.run(create_db(args.database_url, name))
-    port, http = free_port(), free_port()
-    env = {
-        **os.environ,
-        "RUA_SINK_DATABASE_URL": with_database(args.database_url, name),
-        "RUA_SINK_SMTP_LISTEN": f"127.0.0.1:{port}",
-        "RUA_SINK_HTTP_LISTEN": f"127.0.0.1:{http}",
-        "RUA_SINK_ADDRESSES": RUA,
-        "RUA_SINK_AUTHORIZED_DOMAINS": "*",
-        "RUA_SINK_MAX_SESSIONS_PER_IP": str(args.sessions + 5),
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rua_sink.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    peak = [0]
-    done = threading.Event()
+    with (
+        scratch_database(args.database_url, "rua_sink_bench") as url,
+        serving(url, RUA_SINK_MAX_SESSIONS_PER_IP=str(args.sessions + 5)) as server,
+    ):
+        peak = [0]
+        done = threading.Event()
 
-    def watch() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], vm_hwm(server.pid))
-            time.sleep(0.05)
+        def watch() -> None:
+            while not done.is_set():
+                peak[0] = max(peak[0], proc_status(server.process.pid, "VmHWM"))
+                time.sleep(0.05)
 
-    threading.Thread(target=watch, daemon=True).start()
-    try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        messages = [small_message(i) for i in range(args.messages)]
-        per_session = [messages[i :: args.sessions] for i in range(args.sessions)]
-        replies: list[int] = []
-
-        def deliver(batch: list[bytes]) -> None:
-            with smtplib.SMTP("127.0.0.1", port, timeout=120) as smtp:
-                smtp.ehlo("bench.example")
-                for data in batch:
-                    smtp.sendmail("noreply@bench.example", [RUA], data)
-                    replies.append(250)
-
-        started = time.perf_counter()
-        threads = [threading.Thread(target=deliver, args=(b,)) for b in per_session]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        small_seconds = time.perf_counter() - started
-        assert len(replies) == args.messages, len(replies)
-        print(
-            f"(a) {args.messages} messages over {args.sessions} sessions: {small_seconds:.2f} s, "
-            f"{args.messages / small_seconds:,.0f} messages/s"
-        )
-        with tempfile.TemporaryDirectory(prefix="rua-sink-bench-") as tmp:
-            path = Path(tmp) / "big.eml"
-            xml_bytes = build_email(path, args.records)
-            data = path.read_bytes()
-            with smtplib.SMTP("127.0.0.1", port, timeout=600) as smtp:
-                smtp.ehlo("bench.example")
-                smtp.mail("noreply@bench.example", options=[f"SIZE={len(data)}"])
-                smtp.rcpt(RUA)
-                started = time.perf_counter()
-                code, _ = smtp.data(data)
-                big_seconds = time.perf_counter() - started
-            assert code == 250, code
-            print(
-                f"(b) one report of {args.records} records ({xml_bytes / 1e6:.0f} MB of XML, "
-                f"{len(data) / 1e6:.1f} MB email): {big_seconds:.2f} s, "
-                f"{args.records / big_seconds:,.0f} records/s"
-            )
+        threading.Thread(target=watch, daemon=True).start()
+        try:
+            run(args, server.port)
+        finally:
+            done.set()
         print(f"server peak RSS over the run: {peak[0] / 2**20:.1f} MiB")
-    finally:
-        done.set()
-        server.terminate()
-        server.wait(timeout=60)
-        asyncio.run(drop_db(args.database_url, name))
+
+
+def run(args: argparse.Namespace, port: int) -> None:
+    messages = [small_message(i) for i in range(args.messages)]
+    per_session = [messages[i :: args.sessions] for i in range(args.sessions)]
+    replies: list[int] = []
+
+    def deliver(batch: list[bytes]) -> None:
+        with smtplib.SMTP("127.0.0.1", port, timeout=120) as smtp:
+            smtp.ehlo("bench.example")
+            for data in batch:
+                smtp.sendmail("noreply@bench.example", [RUA], data)
+                replies.append(250)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=deliver, args=(b,)) for b in per_session]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    small_seconds = time.perf_counter() - started
+    assert len(replies) == args.messages, len(replies)
+    print(
+        f"(a) {args.messages} messages over {args.sessions} sessions: {small_seconds:.2f} s, "
+        f"{args.messages / small_seconds:,.0f} messages/s"
+    )
+    with tempfile.TemporaryDirectory(prefix="rua-sink-bench-") as tmp:
+        path = Path(tmp) / "big.eml"
+        xml_bytes = build_email(path, args.records)
+        data = path.read_bytes()
+        with smtplib.SMTP("127.0.0.1", port, timeout=600) as smtp:
+            smtp.ehlo("bench.example")
+            smtp.mail("noreply@bench.example", options=[f"SIZE={len(data)}"])
+            smtp.rcpt(RUA)
+            started = time.perf_counter()
+            code, _ = smtp.data(data)
+            big_seconds = time.perf_counter() - started
+        assert code == 250, code
+        print(
+            f"(b) one report of {args.records} records ({xml_bytes / 1e6:.0f} MB of XML, "
+            f"{len(data) / 1e6:.1f} MB email): {big_seconds:.2f} s, "
+            f"{args.records / big_seconds:,.0f} records/s"
+        )
 
 
 if __name__ == "__main__":

@@ -11,28 +11,23 @@ p50/p99 delivery latency (connect to 250).
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import smtplib
-import socket
 import statistics
-import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ingest import create_db, drop_db, with_database
-from smtp import RUA, free_port, small_message
-
-
-def vm_rss(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
+from benchlib import (
+    RUA,
+    Served,
+    add_database_argument,
+    proc_status,
+    scratch_database,
+    serving,
+)
+from smtp import small_message
 
 
 def slope(points: list[tuple[float, float]]) -> float:
@@ -50,47 +45,29 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=600)
     ap.add_argument("--rate", type=float, default=20)
     ap.add_argument("--warmup", type=float, default=60)
-    ap.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "RUA_SINK_BENCH_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
-        ),
-    )
+    add_database_argument(ap)
     args = ap.parse_args()
-    name = f"rua_sink_soak_{uuid.uuid4().hex[:10]}"
-    asyncio.run(create_db(args.database_url, name))
-    port, http = free_port(), free_port()
-    env = {
-        **os.environ,
-        "RUA_SINK_DATABASE_URL": with_database(args.database_url, name),
-        "RUA_SINK_SMTP_LISTEN": f"127.0.0.1:{port}",
-        "RUA_SINK_HTTP_LISTEN": f"127.0.0.1:{http}",
-        "RUA_SINK_ADDRESSES": RUA,
-        "RUA_SINK_AUTHORIZED_DOMAINS": "*",
-    }
-    server = subprocess.Popen(
-        [sys.executable, "-m", "rua_sink.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    with (
+        scratch_database(args.database_url, "rua_sink_soak") as url,
+        serving(url) as server,
+    ):
+        soak(args, server)
+
+
+def soak(args: argparse.Namespace, server: Served) -> None:
+    port = server.port
     samples: list[tuple[float, float]] = []
     latencies: list[float] = []
     failures = 0
     lock = threading.Lock()
     done = threading.Event()
     try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
         start = time.monotonic()
 
         def sample() -> None:
             while not done.is_set():
-                samples.append((time.monotonic() - start, vm_rss(server.pid) / 2**20))
+                rss = proc_status(server.process.pid, "VmRSS") / 2**20
+                samples.append((time.monotonic() - start, rss))
                 time.sleep(1)
 
         def deliver(i: int) -> None:
@@ -136,9 +113,6 @@ def main() -> None:
         )
     finally:
         done.set()
-        server.terminate()
-        server.wait(timeout=60)
-        asyncio.run(drop_db(args.database_url, name))
 
 
 if __name__ == "__main__":

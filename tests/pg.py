@@ -10,6 +10,7 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
@@ -34,6 +35,36 @@ TABLES = (
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
+
+
+def admin(server_url: str, *statements: str) -> None:
+    """Run statements on the server's maintenance connection (CREATE/DROP DATABASE, ...)."""
+
+    async def go() -> None:
+        conn = await asyncpg.connect(server_url)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    run(go())
+
+
+@contextmanager
+def scratch_database(server_url: str, prefix: str) -> Iterator[tuple[str, str]]:
+    """A database of its own, created empty and dropped afterwards (even if a test made
+    it refuse connections); yields its URL and its name."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    admin(server_url, f'CREATE DATABASE "{name}"')
+    try:
+        yield with_database(server_url, name), name
+    finally:
+        admin(
+            server_url,
+            f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true',
+            f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+        )
 
 
 def with_database(url: str, name: str) -> str:
@@ -71,27 +102,8 @@ def server_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def database_url(server_url: str) -> Iterator[str]:
-    name = f"rua_sink_test_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await conn.close()
-
-    async def drop() -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    run(create())
-    try:
-        yield with_database(server_url, name)
-    finally:
-        run(drop())
+    with scratch_database(server_url, "rua_sink_test") as (url, _):
+        yield url
 
 
 @pytest.fixture

@@ -11,7 +11,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -107,20 +108,35 @@ def stop_server(server: Server) -> None:
     server.log.close()
 
 
-@pytest.fixture(scope="module")
-def server(database_url: str) -> Iterator[Server]:
+def example_zone() -> Zone:
+    """A zone in which example.com has authorized the test's report domain."""
     zone = Zone()
     zone.txt["example.com._report._dmarc.rua.example.net"] = ["v=DMARC1;"]
-    zone.txt["example.com._report._dmarc.reports.example.net"] = ["v=DMARC1"]
-    zone.txt["_smtp._tls.example.com"] = ["v=TLSRPTv1; rua=mailto:dmarc@rua.example.net"]
-    zone.servfail.add("broken.example._report._dmarc.rua.example.net")
+    return zone
+
+
+@contextmanager
+def running(database_url: str, zone: Zone | None = None, **extra: str) -> Iterator[Server]:
+    """``rua-sink serve`` with a DNS server of its own answering from ``zone`` (by default,
+    example.com authorized), stopped at the end."""
+    zone = zone if zone is not None else example_zone()
     with serving(zone) as address:
-        # A small spool memory: messages over 64 KiB go through the spool's file.
-        srv = start_server(database_url, address, zone, RUA_SINK_SPOOL_MEMORY_BYTES="64KiB")
+        srv = start_server(database_url, address, zone, **extra)
         try:
             yield srv
         finally:
             stop_server(srv)
+
+
+@pytest.fixture(scope="module")
+def server(database_url: str) -> Iterator[Server]:
+    zone = example_zone()
+    zone.txt["example.com._report._dmarc.reports.example.net"] = ["v=DMARC1"]
+    zone.txt["_smtp._tls.example.com"] = ["v=TLSRPTv1; rua=mailto:dmarc@rua.example.net"]
+    zone.servfail.add("broken.example._report._dmarc.rua.example.net")
+    # A small spool memory: messages over 64 KiB go through the spool's file.
+    with running(database_url, zone, RUA_SINK_SPOOL_MEMORY_BYTES="64KiB") as srv:
+        yield srv
 
 
 def send(server: Server, data: bytes, rcpt: str = RUA, sender: str = "") -> tuple[int, str]:
@@ -151,7 +167,10 @@ def stored(server: Server, report_id: str) -> list[asyncpg.Record]:
     )
 
 
-def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(server: Server) -> Samples:
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as r:
@@ -162,3 +181,13 @@ def scrape(server: Server) -> dict[tuple[str, tuple[tuple[str, str], ...]], floa
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
+
+
+def deltas(before: Samples, after: Samples) -> Callable[..., float]:
+    """``delta(name, **labels)``: how much a sample grew between two scrapes."""
+
+    def delta(name: str, **labels: str) -> float:
+        key = (name, tuple(sorted(labels.items())))
+        return after.get(key, 0.0) - before.get(key, 0.0)
+
+    return delta

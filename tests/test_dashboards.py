@@ -19,13 +19,13 @@ import pytest
 
 from rua_sink.core.limits import Limits
 from rua_sink.ingest import Ingester
-from rua_sink.store import Envelope, Store
+from rua_sink.store import Store
 
-from .conftest import CORPUS, ROOT
+from .conftest import ROOT
 from .reports import TLS_JSON, gz, message, report_xml
 from .smtpserver import Server, report_message, scrape, send
 from .test_queries import DOMAIN, parsed_records
-from .test_store import ingest_bytes, with_store
+from .test_store import corpus_reports, ingest_bytes, ingest_files, with_store
 
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = GRAFANA / "dashboards"
@@ -313,9 +313,7 @@ def test_sql_panels_run_and_agree_with_the_parser(db: str) -> None:
 
     async def go(store: Store) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
         ingester = Ingester(store, limits=Limits())  # as tests/test_queries.py does
-        for path in sorted(CORPUS.rglob("*.eml")) + sorted(CORPUS.rglob("*.xml")):
-            with path.open("rb") as f:
-                await ingester.ingest(f, Envelope(source=str(path)))
+        await ingest_files(ingester, corpus_reports())
         # and one broken report, for the quarantine panel (the corpus has none)
         cut = gz(report_xml(100, report_id="cut"))[:-50]
         await ingest_bytes(ingester, message((cut, "application/gzip", "c.xml.gz")))

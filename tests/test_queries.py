@@ -11,10 +11,10 @@ from rua_sink.core.limits import Limits
 from rua_sink.core.model import AggregateReport, Record
 from rua_sink.core.pipeline import parse_file
 from rua_sink.ingest import Ingester
-from rua_sink.store import Envelope, Store, reporter_key
+from rua_sink.store import Store, reporter_key
 
 from .conftest import CORPUS, ROOT
-from .test_store import with_store
+from .test_store import corpus_reports, ingest_files, with_store
 
 DOMAIN = "stalw.art"  # six reporters in the corpus: Fastmail, Google, Microsoft, ...
 PERIOD = (datetime(2022, 1, 1, tzinfo=UTC), datetime(2023, 1, 1, tzinfo=UTC))
@@ -55,10 +55,7 @@ def test_the_three_questions(db: str) -> None:
     }
 
     async def go(store: Store) -> dict[str, list[Any]]:
-        ingester = Ingester(store, limits=Limits())
-        for path in sorted(CORPUS.rglob("*.eml")) + sorted(CORPUS.rglob("*.xml")):
-            with path.open("rb") as f:
-                await ingester.ingest(f, Envelope(source=str(path)))
+        await ingest_files(Ingester(store, limits=Limits()), corpus_reports())
         return {
             name: [tuple(r) for r in await store.pool.fetch(sql, DOMAIN, *PERIOD)]
             for name, sql in queries.items()

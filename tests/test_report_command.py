@@ -10,19 +10,15 @@ from collections import Counter
 
 from rua_sink.core.limits import Limits
 from rua_sink.ingest import Ingester
-from rua_sink.store import Envelope, Store
+from rua_sink.store import Store
 
-from .conftest import CORPUS
 from .test_queries import DOMAIN, PERIOD, parsed_records
-from .test_store import with_store
+from .test_store import corpus_reports, ingest_files, with_store
 
 
 def test_report_agrees_with_the_parser(db: str) -> None:
     async def go(store: Store) -> None:
-        ingester = Ingester(store, limits=Limits())
-        for path in sorted(CORPUS.rglob("*.eml")) + sorted(CORPUS.rglob("*.xml")):
-            with path.open("rb") as f:
-                await ingester.ingest(f, Envelope(source=str(path)))
+        await ingest_files(Ingester(store, limits=Limits()), corpus_reports())
 
     with_store(db, go)
     done = subprocess.run(

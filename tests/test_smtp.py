@@ -21,18 +21,18 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from .dnsserver import Zone, serving
-from .pg import run
+from .dnsserver import Zone
+from .pg import admin, scratch_database
 from .reports import TLS_JSON, gz, message, report_xml
 from .smtpserver import (
     MAX_BYTES,
     RUA,
     Server,
+    deltas,
     report_message,
+    running,
     scrape,
     send,
-    start_server,
-    stop_server,
     stored,
 )
 
@@ -153,54 +153,23 @@ def test_health_and_readiness(server: Server) -> None:
 @pytest.fixture
 def own_server(server_url: str) -> Iterator[tuple[Server, str]]:
     """A server of its own on a database of its own, which the test may take away."""
-    from .pg import with_database
-
-    name = "rua_sink_outage_" + os.urandom(4).hex()
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    run(admin(f'CREATE DATABASE "{name}"'))
-    zone = Zone()
-    zone.txt["example.com._report._dmarc.rua.example.net"] = ["v=DMARC1"]
-    try:
-        with serving(zone) as address:
-            srv = start_server(
-                with_database(server_url, name), address, zone, RUA_SINK_UNAUTHORIZED="flag"
-            )
-            try:
-                yield srv, name
-            finally:
-                stop_server(srv)
-    finally:
-        run(admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-        run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    with (
+        scratch_database(server_url, "rua_sink_outage") as (url, name),
+        running(url, RUA_SINK_UNAUTHORIZED="flag") as srv,
+    ):
+        yield srv, name
 
 
 def test_database_outage_is_451_then_stored_once(
     own_server: tuple[Server, str], server_url: str
 ) -> None:
     srv, name = own_server
-
-    async def admin(*sql: str) -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            for statement in sql:
-                await conn.execute(statement)
-        finally:
-            await conn.close()
-
     assert send(srv, report_message("before"))[0] == 250
-    run(
-        admin(
-            f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - test's own name
-            f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
-        )
+    admin(
+        server_url,
+        f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - test's own name
+        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
     )
     outage = [report_message(f"outage-{i}") for i in range(3)]
     for data in outage:
@@ -209,7 +178,7 @@ def test_database_outage_is_451_then_stored_once(
         assert "Traceback" not in reply and "asyncpg" not in reply
     assert srv.http("/readyz") == 503
     assert srv.http("/healthz") == 200
-    run(admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
+    admin(server_url, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
     for data in outage:  # the senders retry
         assert send(srv, data)[0] == 250
     assert send(srv, outage[0])[0] == 250  # and once more: a duplicate
@@ -228,21 +197,15 @@ def test_flag_mode_stores_unauthorized_reports_marked(own_server: tuple[Server, 
 @pytest.fixture(scope="module")
 def tight(database_url: str) -> Iterator[Server]:
     """A server with small limits, to see them hold."""
-    zone = Zone()
-    with serving(zone) as address:
-        srv = start_server(
-            database_url,
-            address,
-            zone,
-            RUA_SINK_MAX_SESSIONS_PER_IP="3",
-            RUA_SINK_MAX_RECIPIENTS="2",
-            RUA_SINK_IDLE_TIMEOUT="1",
-            RUA_SINK_DATA_TIMEOUT="2",
-        )
-        try:
-            yield srv
-        finally:
-            stop_server(srv)
+    with running(
+        database_url,
+        Zone(),
+        RUA_SINK_MAX_SESSIONS_PER_IP="3",
+        RUA_SINK_MAX_RECIPIENTS="2",
+        RUA_SINK_IDLE_TIMEOUT="1",
+        RUA_SINK_DATA_TIMEOUT="2",
+    ) as srv:
+        yield srv
 
 
 def test_sessions_per_client_address(tight: Server) -> None:
@@ -307,42 +270,33 @@ def test_idle_and_slow_clients_are_cut(tight: Server) -> None:
 
 
 def test_sigterm_lets_a_delivery_in_flight_finish(database_url: str) -> None:
-    zone = Zone()
-    zone.txt["example.com._report._dmarc.rua.example.net"] = ["v=DMARC1"]
-    with serving(zone) as address:
-        srv = start_server(database_url, address, zone)
-        try:
-            idle = srv.client()
-            idle.ehlo("idle.example")
-            busy = srv.client()
-            busy.ehlo("busy.example")
-            busy.mail("")
-            busy.rcpt(RUA)
-            busy.putcmd("data")
-            assert busy.getreply()[0] == 354
-            data = report_message("in-flight").replace(b"\n.", b"\n..")
-            busy.send(data[: len(data) // 2])
-            time.sleep(0.3)
-            srv.process.terminate()  # SIGTERM, in the middle of the message
-            time.sleep(0.5)
-            with pytest.raises(ConnectionRefusedError):  # no new sessions
-                socket.create_connection(("127.0.0.1", srv.smtp_port), timeout=2).close()
-            try:  # an idle session is told 421 and closed
-                assert idle.noop()[0] == 421
-            except smtplib.SMTPServerDisconnected:
-                pass
-            finally:
-                idle.close()
-            busy.send(data[len(data) // 2 :] + b"\r\n.\r\n")
-            assert busy.getreply()[0] == 250
-            busy.close()
-            assert srv.process.wait(timeout=30) == 0
-            assert len(stored(srv, "in-flight")) == 1
+    with running(database_url) as srv:
+        idle = srv.client()
+        idle.ehlo("idle.example")
+        busy = srv.client()
+        busy.ehlo("busy.example")
+        busy.mail("")
+        busy.rcpt(RUA)
+        busy.putcmd("data")
+        assert busy.getreply()[0] == 354
+        data = report_message("in-flight").replace(b"\n.", b"\n..")
+        busy.send(data[: len(data) // 2])
+        time.sleep(0.3)
+        srv.process.terminate()  # SIGTERM, in the middle of the message
+        time.sleep(0.5)
+        with pytest.raises(ConnectionRefusedError):  # no new sessions
+            socket.create_connection(("127.0.0.1", srv.smtp_port), timeout=2).close()
+        try:  # an idle session is told 421 and closed
+            assert idle.noop()[0] == 421
+        except smtplib.SMTPServerDisconnected:
+            pass
         finally:
-            if srv.process.poll() is None:
-                stop_server(srv)
-            else:
-                srv.log.close()
+            idle.close()
+        busy.send(data[len(data) // 2 :] + b"\r\n.\r\n")
+        assert busy.getreply()[0] == 250
+        busy.close()
+        assert srv.process.wait(timeout=30) == 0
+        assert len(stored(srv, "in-flight")) == 1
 
 
 def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -405,75 +359,58 @@ def test_starttls_offered_never_required(database_url: str, tmp_path: Path) -> N
     chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
     cert.private_key_pem.write_to_path(str(key))
     cert.cert_chain_pems[0].write_to_path(str(chain))
-    zone = Zone()
-    with serving(zone) as address:
-        srv = start_server(
-            database_url,
-            address,
-            zone,
-            RUA_SINK_TLS_CERT=str(chain),
-            RUA_SINK_TLS_KEY=str(key),
-            RUA_SINK_AUTHORIZED_DOMAINS="*",
-        )
-        try:
-            context = ssl.create_default_context()
-            ca.configure_trust(context)
-            with srv.client() as smtp:
-                smtp.ehlo("reporter.example")
-                assert smtp.has_extn("starttls")
-                assert smtp.starttls(context=context)[0] == 220
-                smtp.ehlo("reporter.example")  # RFC 3207 4.2: EHLO again after the handshake
-                assert not smtp.has_extn("starttls")
-                sock = smtp.sock
-                assert isinstance(sock, ssl.SSLSocket) and sock.version() is not None
-                smtp.sendmail("", [RUA], report_message("over-tls"))
-            # Without TLS, the same delivery is accepted as well (RFC 3207 4).
-            assert send(srv, report_message("in-clear"))[0] == 250
-            time.sleep(0.3)
-            ended = scrape(srv)
-            assert ended[("rua_sink_smtp_sessions_ended_total", (("tls", "yes"),))] == 1
-            assert ended[("rua_sink_smtp_starttls_total", ())] == 1
-            assert len(stored(srv, "over-tls")) == len(stored(srv, "in-clear")) == 1
-        finally:
-            stop_server(srv)
+    with running(
+        database_url,
+        Zone(),
+        RUA_SINK_TLS_CERT=str(chain),
+        RUA_SINK_TLS_KEY=str(key),
+        RUA_SINK_AUTHORIZED_DOMAINS="*",
+    ) as srv:
+        context = ssl.create_default_context()
+        ca.configure_trust(context)
+        with srv.client() as smtp:
+            smtp.ehlo("reporter.example")
+            assert smtp.has_extn("starttls")
+            assert smtp.starttls(context=context)[0] == 220
+            smtp.ehlo("reporter.example")  # RFC 3207 4.2: EHLO again after the handshake
+            assert not smtp.has_extn("starttls")
+            sock = smtp.sock
+            assert isinstance(sock, ssl.SSLSocket) and sock.version() is not None
+            smtp.sendmail("", [RUA], report_message("over-tls"))
+        # Without TLS, the same delivery is accepted as well (RFC 3207 4).
+        assert send(srv, report_message("in-clear"))[0] == 250
+        time.sleep(0.3)
+        ended = scrape(srv)
+        assert ended[("rua_sink_smtp_sessions_ended_total", (("tls", "yes"),))] == 1
+        assert ended[("rua_sink_smtp_starttls_total", ())] == 1
+        assert len(stored(srv, "over-tls")) == len(stored(srv, "in-clear")) == 1
 
 
 def test_proxy_protocol_from_trusted_balancers_only(database_url: str) -> None:
-    zone = Zone()
-    with serving(zone) as address:
-        trusted = start_server(
-            database_url,
-            address,
-            zone,
-            RUA_SINK_PROXY_PROTOCOL_FROM="127.0.0.0/8",
-            RUA_SINK_AUTHORIZED_DOMAINS="*",
-        )
-        untrusted = start_server(
-            database_url,
-            address,
-            zone,
-            RUA_SINK_PROXY_PROTOCOL_FROM="10.0.0.0/8",
-            RUA_SINK_AUTHORIZED_DOMAINS="*",
-        )
-        try:
-            data = report_message("via-proxy")
-            with socket.create_connection(("127.0.0.1", trusted.smtp_port), timeout=10) as s:
-                s.sendall(b"PROXY TCP4 203.0.113.7 192.0.2.25 40000 25\r\n")
-                with smtplib.SMTP() as smtp:
-                    smtp.sock = s
-                    smtp.file = None
-                    assert smtp.getreply()[0] == 220
-                    smtp.ehlo("reporter.example")
-                    smtp.sendmail("", [RUA], data)
-            (row,) = stored(trusted, "via-proxy")
-            assert row["peer"] == "203.0.113.7"
-            with socket.create_connection(("127.0.0.1", untrusted.smtp_port), timeout=10) as s:
-                s.recv(512)  # the greeting: no PROXY header expected from this peer
-                s.sendall(b"PROXY TCP4 203.0.113.8 192.0.2.25 40000 25\r\n")
-                assert s.recv(512).startswith(b"500")
-        finally:
-            stop_server(trusted)
-            stop_server(untrusted)
+    allow_all = {"RUA_SINK_AUTHORIZED_DOMAINS": "*"}
+    with (
+        running(
+            database_url, Zone(), RUA_SINK_PROXY_PROTOCOL_FROM="127.0.0.0/8", **allow_all
+        ) as trusted,
+        running(
+            database_url, Zone(), RUA_SINK_PROXY_PROTOCOL_FROM="10.0.0.0/8", **allow_all
+        ) as untrusted,
+    ):
+        data = report_message("via-proxy")
+        with socket.create_connection(("127.0.0.1", trusted.smtp_port), timeout=10) as s:
+            s.sendall(b"PROXY TCP4 203.0.113.7 192.0.2.25 40000 25\r\n")
+            with smtplib.SMTP() as smtp:
+                smtp.sock = s
+                smtp.file = None
+                assert smtp.getreply()[0] == 220
+                smtp.ehlo("reporter.example")
+                smtp.sendmail("", [RUA], data)
+        (row,) = stored(trusted, "via-proxy")
+        assert row["peer"] == "203.0.113.7"
+        with socket.create_connection(("127.0.0.1", untrusted.smtp_port), timeout=10) as s:
+            s.recv(512)  # the greeting: no PROXY header expected from this peer
+            s.sendall(b"PROXY TCP4 203.0.113.8 192.0.2.25 40000 25\r\n")
+            assert s.recv(512).startswith(b"500")
 
 
 def test_metrics_count_what_happened(server: Server) -> None:
@@ -484,9 +421,7 @@ def test_metrics_count_what_happened(server: Server) -> None:
     assert send(server, report_message("never"), rcpt="nobody@rua.example.net")[0] == 550
     after = scrape(server)
 
-    def delta(name: str, **labels: str) -> float:
-        key = (name, tuple(sorted(labels.items())))
-        return after.get(key, 0.0) - before.get(key, 0.0)
+    delta = deltas(before, after)
 
     assert delta("rua_sink_smtp_replies_total", code_class="2xx", reason="stored") == 1
     assert delta("rua_sink_smtp_replies_total", code_class="2xx", reason="duplicate") == 1
@@ -541,9 +476,7 @@ def test_dmarc_metrics_for_authorized_domains_only(own_server: tuple[Server, str
     assert send(srv, report_message("dm-2", 2, domain="junk.example"))[0] == 250
     after = scrape(srv)
 
-    def delta(name: str, **labels: str) -> float:
-        key = (name, tuple(sorted(labels.items())))
-        return after.get(key, 0.0) - before.get(key, 0.0)
+    delta = deltas(before, after)
 
     common = {"reporter": "reporter.example", "disposition": "none", "dkim": "pass", "spf": "pass"}
     assert (

@@ -7,7 +7,7 @@ import io
 import os
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -20,7 +20,7 @@ from rua_sink.ingest import Ingester, IngestResult, Outcome
 from rua_sink.store import Envelope, Store, reporter_key
 
 from .conftest import CORPUS
-from .pg import run
+from .pg import run, scratch_database
 from .reports import gz, message, report_xml
 from .test_corpus import AGGREGATES, ARF, TLS
 
@@ -45,6 +45,20 @@ async def ingest_bytes(
     ingester: Ingester, data: bytes, source: str = "smtp", when: datetime | None = None
 ) -> IngestResult:
     return await ingester.ingest(io.BytesIO(data), Envelope(source=source), received_at=when)
+
+
+async def ingest_files(ingester: Ingester, paths: Iterable[Path]) -> list[IngestResult]:
+    """Each file stored as a backfill stores it."""
+    results = []
+    for path in paths:
+        with path.open("rb") as f:
+            results.append(await ingester.ingest(f, Envelope(source=str(path))))
+    return results
+
+
+def corpus_reports() -> list[Path]:
+    """The corpus's emails and XML files: every aggregate report and the ARF emails."""
+    return sorted(CORPUS.rglob("*.eml")) + sorted(CORPUS.rglob("*.xml"))
 
 
 async def counts(store: Store) -> dict[str, int]:
@@ -87,15 +101,9 @@ def test_corpus_ingests_exactly_once(db: str) -> None:
         store: Store,
     ) -> tuple[list[IngestResult], dict[str, int], list[IngestResult], dict[str, int]]:
         ingester = Ingester(store, limits=Limits())
-        first = []
-        for path in files:
-            with path.open("rb") as f:
-                first.append(await ingester.ingest(f, Envelope(source=str(path))))
+        first = await ingest_files(ingester, files)
         after_first = await counts(store)
-        second = []
-        for path in files:
-            with path.open("rb") as f:
-                second.append(await ingester.ingest(f, Envelope(source=str(path))))
+        second = await ingest_files(ingester, files)
         return first, after_first, second, await counts(store)
 
     first, after_first, second, after_second = with_store(db, go)
@@ -114,8 +122,7 @@ def test_record_rows_keep_the_results(db: str) -> None:
     path = CORPUS / "cry-inc__dmarc-report-viewer/testdata/dmarc-reports/invalid_casing.xml"
 
     async def go(store: Store) -> asyncpg.Record:
-        with path.open("rb") as f:
-            await Ingester(store, limits=Limits()).ingest(f, Envelope(source=str(path)))
+        await ingest_files(Ingester(store, limits=Limits()), [path])
         row = await store.pool.fetchrow("SELECT * FROM aggregate_records")
         assert row is not None
         return row
@@ -277,27 +284,19 @@ def test_monthly_partitions_and_prune(db: str) -> None:
 
 
 def test_migrations_twice_and_at_once(server_url: str) -> None:
-    from .pg import with_database
-
-    name = "rua_sink_migrate_" + os.urandom(4).hex()
-
-    async def go() -> tuple[list[list[migrate.Migration]], int]:
-        admin = await asyncpg.connect(server_url)
-        await admin.execute(f'CREATE DATABASE "{name}"')
-        url = with_database(server_url, name)
+    async def go(url: str) -> tuple[list[list[migrate.Migration]], int]:
+        conns = [await asyncpg.connect(url) for _ in range(3)]
         try:
-            conns = [await asyncpg.connect(url) for _ in range(3)]
             results = list(await asyncio.gather(*(migrate.migrate(c) for c in conns)))
             results.append(await migrate.migrate(conns[0]))
             rows = await conns[0].fetchval("SELECT count(*) FROM schema_migrations")
+        finally:
             for c in conns:
                 await c.close()
-            return results, rows
-        finally:
-            await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-            await admin.close()
+        return results, rows
 
-    results, rows = run(go())
+    with scratch_database(server_url, "rua_sink_migrate") as (url, _):
+        results, rows = run(go(url))
     applied = [len(r) for r in results]
     assert sorted(applied) == [0, 0, 0, len(migrate.available())]
     assert rows == len(migrate.available())
@@ -325,10 +324,7 @@ def test_tls_and_failure_rows(db: str) -> None:
     arf = CORPUS / "stalwartlabs__mail-auth/resources/arf/004.eml"
 
     async def go(store: Store) -> tuple[list[Any], list[Any], Any]:
-        ingester = Ingester(store, limits=Limits())
-        for path in (tls, arf):
-            with path.open("rb") as f:
-                await ingester.ingest(f, Envelope(source=str(path)))
+        await ingest_files(Ingester(store, limits=Limits()), [tls, arf])
         policies = await store.pool.fetch("SELECT * FROM tls_policies")
         details = await store.pool.fetch("SELECT * FROM tls_failure_details ORDER BY result_type")
         failure = await store.pool.fetchrow("SELECT * FROM failure_reports")

@@ -429,14 +429,19 @@ class _Document:
         )
         return self.head
 
+    def read_record(self, el: Any) -> Record:
+        """A finished <record>, counted against max_records and into the totals."""
+        record = _record(el, self.limits.max_xml_depth)
+        self.records += 1
+        if self.records > self.limits.max_records:
+            raise TooManyRecords(self.records, self.limits.max_records)
+        self.messages += record.count
+        return record
+
     def top_level(self, name: str, el: Any) -> Iterator[AggregateEvent]:
         """Handle a finished child of <feedback> (or of a stray wrapper element)."""
         if name == "record":
-            record = _record(el, self.limits.max_xml_depth)
-            self.records += 1
-            if self.records > self.limits.max_records:
-                raise TooManyRecords(self.records, self.limits.max_records)
-            self.messages += record.count
+            record = self.read_record(el)
             if self.head is None:
                 if self.metadata is None or self.policy is None:
                     if len(self.early) >= _MAX_EARLY_RECORDS:
@@ -546,7 +551,6 @@ def parse_aggregate(
     since_top = 0  # bytes fed since a top-level element last ended
     lines_before = 0
     max_depth = limits.max_xml_depth
-    max_records = limits.max_records
     closing = False
     document_bytes = 0
     stream = iter(chunks)
@@ -583,13 +587,7 @@ def parse_aggregate(
                         continue  # nested inside a record or metadata: read with its parent
                     name = _local(el.tag)
                     if name == "record" and doc.head is not None:
-                        # The common case, inlined: one record after the head.
-                        record = _record(el, max_depth)
-                        doc.records += 1
-                        if doc.records > max_records:
-                            raise TooManyRecords(doc.records, max_records)
-                        doc.messages += record.count
-                        yield record
+                        yield doc.read_record(el)  # the common case: a record after the head
                     else:
                         _check_depth(el, 2, max_depth)  # small elements: metadata, policy
                         yield from doc.top_level(name, el)

@@ -5,7 +5,6 @@ and afterwards each report is stored once and every 250 has its raw message."""
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import time
 from collections.abc import Iterator
@@ -13,37 +12,19 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from ..dnsserver import Zone, serving
-from ..pg import run, with_database
-from ..smtpserver import Server, report_message, send, start_server, stop_server
+from ..pg import run, scratch_database
+from ..smtpserver import Server, report_message, running, send
 
 DELIVERIES = 500
 
 
 @pytest.fixture
 def fragile(server_url: str) -> Iterator[tuple[Server, str]]:
-    name = "rua_sink_loss_" + os.urandom(4).hex()
-
-    async def admin(sql: str) -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(sql)
-        finally:
-            await conn.close()
-
-    run(admin(f'CREATE DATABASE "{name}"'))
-    zone = Zone()
-    zone.txt["example.com._report._dmarc.rua.example.net"] = ["v=DMARC1"]
-    try:
-        with serving(zone) as address:
-            srv = start_server(with_database(server_url, name), address, zone)
-            try:
-                yield srv, name
-            finally:
-                stop_server(srv)
-    finally:
-        run(admin(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true'))
-        run(admin(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    with (
+        scratch_database(server_url, "rua_sink_loss") as (url, name),
+        running(url) as srv,
+    ):
+        yield srv, name
 
 
 def test_deliveries_survive_database_loss(fragile: tuple[Server, str], server_url: str) -> None:

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ..dnsserver import Zone, serving
 from ..reports import gz, message, report_xml
-from ..smtpserver import RUA, Server, report_message, send, start_server, stop_server, stored
+from ..smtpserver import RUA, Server, report_message, running, send, stored
 
 
 def vm_hwm(pid: int) -> int:
@@ -29,14 +28,8 @@ def vm_hwm(pid: int) -> int:
 
 @pytest.fixture(scope="module")
 def exposed(database_url: str) -> Iterator[Server]:
-    zone = Zone()
-    zone.txt["example.com._report._dmarc.rua.example.net"] = ["v=DMARC1"]
-    with serving(zone) as address:
-        srv = start_server(database_url, address, zone, RUA_SINK_MAX_MESSAGE_BYTES="8MiB")
-        try:
-            yield srv
-        finally:
-            stop_server(srv)
+    with running(database_url, RUA_SINK_MAX_MESSAGE_BYTES="8MiB") as srv:
+        yield srv
 
 
 def raw_session(server: Server, payload: bytes, read_for: float = 2.0) -> bytes:

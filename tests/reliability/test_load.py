@@ -9,8 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..dnsserver import Zone, serving
-from ..smtpserver import Server, report_message, send, start_server, stop_server, stored
+from ..smtpserver import Server, report_message, running, send, stored
 
 PER_IP = 20
 ADDRESSES = 15  # 127.0.0.2 ... 127.0.0.16: Linux answers on all of 127/8
@@ -18,14 +17,8 @@ ADDRESSES = 15  # 127.0.0.2 ... 127.0.0.16: Linux answers on all of 127/8
 
 @pytest.fixture(scope="module")
 def busy(database_url: str) -> Iterator[Server]:
-    zone = Zone()
-    zone.txt["example.com._report._dmarc.rua.example.net"] = ["v=DMARC1"]
-    with serving(zone) as address:
-        srv = start_server(database_url, address, zone, RUA_SINK_MAX_SESSIONS_PER_IP=str(PER_IP))
-        try:
-            yield srv
-        finally:
-            stop_server(srv)
+    with running(database_url, RUA_SINK_MAX_SESSIONS_PER_IP=str(PER_IP)) as srv:
+        yield srv
 
 
 def connect_from(server: Server, source: str) -> socket.socket:

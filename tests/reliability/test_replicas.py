@@ -8,24 +8,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..dnsserver import Zone, serving
-from ..smtpserver import RUA, Server, report_message, send, start_server, stop_server
+from ..smtpserver import RUA, Server, report_message, running, send
 
 REPORTS = 200
 
 
 @pytest.fixture
 def replicas(database_url: str) -> Iterator[tuple[Server, Server]]:
-    zone = Zone()
-    zone.txt["example.com._report._dmarc.rua.example.net"] = ["v=DMARC1"]
-    with serving(zone) as address:
-        first = start_server(database_url, address, zone)
-        second = start_server(database_url, address, zone)
-        try:
-            yield first, second
-        finally:
-            stop_server(first)
-            stop_server(second)
+    with running(database_url) as first, running(database_url) as second:
+        yield first, second
 
 
 def test_the_same_reports_to_two_replicas_are_stored_once(

@@ -12,8 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ..dnsserver import Zone, serving
-from ..smtpserver import RUA, Server, report_message, send, start_server, stop_server
+from ..smtpserver import RUA, Server, report_message, running, send
 
 REPLY = re.compile(rb"^[2-5][0-9][0-9][ -]")
 
@@ -49,14 +48,8 @@ commands = st.one_of(
 
 @pytest.fixture(scope="module")
 def target(database_url: str) -> Iterator[Server]:
-    zone = Zone()
-    zone.txt["example.com._report._dmarc.rua.example.net"] = ["v=DMARC1"]
-    with serving(zone) as address:
-        srv = start_server(database_url, address, zone, RUA_SINK_IDLE_TIMEOUT="5")
-        try:
-            yield srv
-        finally:
-            stop_server(srv)
+    with running(database_url, RUA_SINK_IDLE_TIMEOUT="5") as srv:
+        yield srv
 
 
 def replies(sock: socket.socket) -> bytes:
