@@ -1,24 +1,37 @@
-"""What the benchmarks share: a scratch database, a running server, memory readings."""
+"""What the benchmarks share. They run in the development environment (``./dev`` sets it up)
+and take their parts from the test harness: a scratch database, ``rua-sink serve`` as a
+subprocess, the report builders, memory readings."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
-import asyncpg
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from rua_sink.core.limits import Limits
+from tests.pg import scratch_database
+from tests.procs import proc_status
+from tests.reports import LARGE_HEAD, LARGE_RECORD, build_email, gz, message
+from tests.smtpserver import RUA, Server, running
 
-RUA = "dmarc@rua.example.net"
+__all__ = [
+    "RUA",
+    "Server",
+    "add_database_argument",
+    "build_email",
+    "fmt_runs",
+    "proc_status",
+    "run_child",
+    "scratch_database",
+    "serving",
+    "small_message",
+]
 
 
 def add_database_argument(ap: argparse.ArgumentParser) -> None:
@@ -31,83 +44,49 @@ def add_database_argument(ap: argparse.ArgumentParser) -> None:
     )
 
 
-def with_database(url: str, name: str) -> str:
-    p = urlsplit(url)
-    return urlunsplit((p.scheme, p.netloc, "/" + name, p.query, p.fragment))
-
-
-def _admin(server_url: str, statement: str) -> None:
-    async def go() -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
-    asyncio.run(go())
-
-
 @contextmanager
-def scratch_database(server_url: str, prefix: str) -> Iterator[str]:
-    """A fresh database on the server, dropped afterwards; yields its URL."""
-    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
-    _admin(server_url, f'CREATE DATABASE "{name}"')
-    try:
-        yield with_database(server_url, name)
-    finally:
-        _admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@dataclass
-class Served:
-    port: int
-    process: subprocess.Popen[bytes]
-
-
-@contextmanager
-def serving(database_url: str, **extra: str) -> Iterator[Served]:
-    """``rua-sink serve`` for RUA on a database, accepting every domain (no DNS)."""
-    port, http = free_port(), free_port()
-    env = {
-        **os.environ,
-        "RUA_SINK_DATABASE_URL": database_url,
-        "RUA_SINK_SMTP_LISTEN": f"127.0.0.1:{port}",
-        "RUA_SINK_HTTP_LISTEN": f"127.0.0.1:{http}",
-        "RUA_SINK_ADDRESSES": RUA,
-        "RUA_SINK_AUTHORIZED_DOMAINS": "*",
+def serving(database_url: str, **extra: str) -> Iterator[Server]:
+    """``rua-sink serve`` for RUA on a database, with the default message size cap,
+    accepting every domain without a DNS lookup."""
+    with running(
+        database_url,
+        None,
+        RUA_SINK_AUTHORIZED_DOMAINS="*",
+        RUA_SINK_MAX_MESSAGE_BYTES=str(Limits().max_message_bytes),
         **extra,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rua_sink.cli", "serve"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    ) as server:
+        yield server
+
+
+def small_message(i: int) -> bytes:
+    """A report of five records, as a small reporter sends it daily."""
+    records = "".join(
+        LARGE_RECORD.format(
+            ip=f"192.0.2.{(i + k) % 250 + 1}",
+            count=k + 1,
+            disposition="none",
+            dkim="pass",
+            spf="pass",
+            spf_result="pass",
+            env="example.com",
+            dkim_domain="example.com",
+            sel=k,
+        )
+        for k in range(5)
     )
-    try:
-        for _ in range(300):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        yield Served(port, process)
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    xml = (LARGE_HEAD.format(report_id=f"small-{i}") + records + "</feedback>\n").encode()
+    return message((gz(xml), "application/gzip", "r.xml.gz"))
 
 
-def proc_status(pid: int, field: str) -> int:
-    """A memory figure of /proc/PID/status in bytes (VmHWM: peak RSS, VmRSS: now)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+def run_child(python: str, code: str, *args: str) -> dict[str, float]:
+    """``python -c code args...`` in a process of its own; the JSON of its last line."""
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    out = subprocess.run(
+        [python, "-c", code, *args], check=True, capture_output=True, text=True, env=env
+    )
+    result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def fmt_runs(runs: list[dict[str, float]]) -> str:
+    return ", ".join(f"{r['seconds']:.2f}" for r in runs)

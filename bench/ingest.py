@@ -1,6 +1,6 @@
 """Ingest throughput: a report email file -> committed rows in PostgreSQL.
 
-Builds the gzip'd report emails of bench/parse.py (400,000 records by default), stores
+Builds the gzip'd report email of bench/parse.py (400,000 records by default), stores
 each in a fresh database with ``rua_sink.ingest.Ingester`` in a process of its own, and
 prints records/s (file read to commit), the child's peak RSS, and the time the same
 process takes to parse the file without storing it, as the baseline.
@@ -13,17 +13,14 @@ The server is RUA_SINK_BENCH_DATABASE_URL (or --database-url), else 127.0.0.1:54
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import add_database_argument, scratch_database
-from parse import _fmt, build_email
+from benchlib import add_database_argument, build_email, fmt_runs, run_child, scratch_database
 
 CHILD = textwrap.dedent(
     """
@@ -82,14 +79,8 @@ def main() -> None:
         xml_bytes = build_email(path, args.records)
         runs = []
         for _ in range(args.runs):
-            with scratch_database(args.database_url, "rua_sink_bench") as url:
-                out = subprocess.run(
-                    [sys.executable, "-c", CHILD, str(path), url],
-                    check=True,
-                    capture_output=True,
-                    text=True,
-                )
-            run = json.loads(out.stdout.strip().splitlines()[-1])
+            with scratch_database(args.database_url, "rua_sink_bench") as (url, _):
+                run = run_child(sys.executable, CHILD, str(path), url)
             assert run["records"] == run["rows"] == run["parsed"] == args.records, run
             runs.append(run)
         secs = statistics.median(r["seconds"] for r in runs)
@@ -100,7 +91,7 @@ def main() -> None:
         print(f"ingest  {n} records  xml {xml_bytes / 1e6:.1f} MB  email {email_mb:.1f} MB")
         print(
             f"  file -> committed rows: median {secs:.2f} s  {n / secs:,.0f} records/s  "
-            f"(runs: {_fmt(runs)})"
+            f"(runs: {fmt_runs(runs)})"
         )
         print(f"  parse only, same process: median {parse:.2f} s  {n / parse:,.0f} records/s")
         print(f"  storing costs {secs / parse:.2f}x the parse alone")

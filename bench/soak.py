@@ -21,23 +21,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import (
     RUA,
-    Served,
+    Server,
     add_database_argument,
     proc_status,
     scratch_database,
     serving,
+    small_message,
 )
-from smtp import small_message
-
-
-def slope(points: list[tuple[float, float]]) -> float:
-    """Least-squares slope of y over x."""
-    n = len(points)
-    mean_x = sum(x for x, _ in points) / n
-    mean_y = sum(y for _, y in points) / n
-    num = sum((x - mean_x) * (y - mean_y) for x, y in points)
-    den = sum((x - mean_x) ** 2 for x, _ in points)
-    return num / den if den else 0.0
 
 
 def main() -> None:
@@ -48,14 +38,14 @@ def main() -> None:
     add_database_argument(ap)
     args = ap.parse_args()
     with (
-        scratch_database(args.database_url, "rua_sink_soak") as url,
+        scratch_database(args.database_url, "rua_sink_soak") as (url, _),
         serving(url) as server,
     ):
         soak(args, server)
 
 
-def soak(args: argparse.Namespace, server: Served) -> None:
-    port = server.port
+def soak(args: argparse.Namespace, server: Server) -> None:
+    port = server.smtp_port
     samples: list[tuple[float, float]] = []
     latencies: list[float] = []
     failures = 0
@@ -77,7 +67,7 @@ def soak(args: argparse.Namespace, server: Served) -> None:
                 with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
                     smtp.sendmail("noreply@bench.example", [RUA], small_message(i))
                 ok = True
-            except smtplib.SMTPException:
+            except (smtplib.SMTPException, OSError):  # refused, reset, timed out: failed
                 ok = False
             with lock:
                 if ok:
@@ -100,7 +90,10 @@ def soak(args: argparse.Namespace, server: Served) -> None:
             t.join(timeout=120)
         done.set()
         steady = [(t, rss) for t, rss in samples if t >= args.warmup]
-        per_hour = slope(steady) * 3600 if len(steady) > 2 else float("nan")
+        if len(steady) < 3:
+            raise SystemExit("too few samples after the warm-up: make --seconds longer")
+        times, sizes = zip(*steady, strict=True)
+        per_hour = statistics.linear_regression(times, sizes).slope * 3600
         lat = sorted(latencies)
         print(
             f"{i} deliveries at {args.rate:g}/s for {args.seconds:g} s, {failures} failed; "

@@ -44,12 +44,10 @@ def items(paths: list[str]) -> Iterator[Item]:
             for dirpath, dirnames, filenames in os.walk(path):
                 dirnames.sort()
                 here = Path(dirpath)
-                if is_maildir(here):
-                    continue  # walked into below, as a Maildir
                 for name in sorted(filenames):
-                    if name.lower().endswith(REPORT_SUFFIXES) or name.lower().endswith(".mbox"):
+                    if name.lower().endswith((*REPORT_SUFFIXES, ".mbox")):
                         yield from items([str(here / name)])
-                for d in list(dirnames):
+                for d in list(dirnames):  # a Maildir is read as one, not walked into
                     if is_maildir(here / d):
                         yield from items([str(here / d)])
                         dirnames.remove(d)

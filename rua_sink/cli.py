@@ -1,4 +1,4 @@
-"""Command line: ``rua-sink parse PATH...`` (more commands join as the service grows)."""
+"""Command line: ``rua-sink parse PATH...`` here; the other commands in ``commands``."""
 
 from __future__ import annotations
 

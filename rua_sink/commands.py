@@ -78,6 +78,9 @@ class Summary:
         elif result.outcome is Outcome.NOT_A_REPORT:
             self.not_a_report += 1
 
+    def write(self, out: TextIO, *, as_json: bool) -> None:
+        out.write((json.dumps(self.__dict__) if as_json else self.line()) + "\n")
+
     def line(self) -> str:
         return (
             f"{self.messages} messages: {self.reports_new} reports new, "
@@ -127,10 +130,8 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
 
     asyncio.run(run())
     progress.done()
-    if args.json:
-        out.write(json.dumps(summary.__dict__) + "\n")
-    else:
-        out.write(summary.line() + "\n")
+    summary.write(out, as_json=args.json)
+    if not args.json:
         for q in summary.quarantine:
             out.write(f"quarantined: {q['source']}: {q['reason']}: {q['detail']}\n")
     return 0
@@ -147,10 +148,7 @@ def cmd_reprocess(args: argparse.Namespace, out: TextIO) -> int:
                 summary.add(f"raw_message {raw_id}", await ingester.reprocess(raw_id))
 
     asyncio.run(run())
-    if args.json:
-        out.write(json.dumps(summary.__dict__) + "\n")
-    else:
-        out.write(summary.line() + "\n")
+    summary.write(out, as_json=args.json)
     return 0
 
 

@@ -7,8 +7,8 @@ tests/test_config.py checks against this module.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
@@ -19,11 +19,11 @@ class ConfigError(ValueError):
     """A setting has a value rua-sink cannot use."""
 
 
-def _hostport(text: str, default_host: str) -> tuple[str, int]:
+def _hostport(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if not sep:
         raise ConfigError(f"not host:port: {text!r}")
-    host = host.strip("[]") or default_host
+    host = host.strip("[]") or "0.0.0.0"
     try:
         return host, int(port)
     except ValueError as exc:
@@ -34,38 +34,61 @@ def _list(text: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in text.split(",") if item.strip())
 
 
+def _addresses(text: str) -> tuple[str, ...]:
+    return tuple(a.lower() for a in _list(text))
+
+
+def _networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
+    return tuple(ip_network(n, strict=False) for n in _list(text))
+
+
+def _word(text: str) -> str:
+    return text.strip().lower()
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     env: str
     default: str
     help: str
+    #: The text (from the environment, or the default) to the value; ValueError if bad.
+    parse: Callable[[str], Any] = str.strip
 
 
-#: name -> (environment variable, default as text, meaning); the README table mirrors it.
+#: name -> (environment variable, default as text, meaning, parser); the README table
+#: mirrors it, and ``Settings`` has one field of each name.
 SETTINGS: dict[str, Setting] = {
     "smtp_listen": Setting(
-        "RUA_SINK_SMTP_LISTEN", "0.0.0.0:2525", "SMTP listen address, host:port"
+        "RUA_SINK_SMTP_LISTEN", "0.0.0.0:2525", "SMTP listen address, host:port", _hostport
     ),
     "http_listen": Setting(
-        "RUA_SINK_HTTP_LISTEN", "0.0.0.0:9102", "HTTP listen address (health, readiness)"
+        "RUA_SINK_HTTP_LISTEN",
+        "0.0.0.0:9102",
+        "HTTP listen address (health, readiness)",
+        _hostport,
     ),
     "hostname": Setting("RUA_SINK_HOSTNAME", "", "name in the SMTP greeting (default: the host's)"),
     "addresses": Setting(
         "RUA_SINK_ADDRESSES",
         "",
         "report addresses, comma-separated: dmarc@rua.example.net, *@reports.example.net",
+        _addresses,
     ),
     "dns_nameservers": Setting(
-        "RUA_SINK_DNS_NAMESERVERS", "", "host[:port] list for DNS (default: the system resolver)"
+        "RUA_SINK_DNS_NAMESERVERS",
+        "",
+        "host[:port] list for DNS (default: the system resolver)",
+        _list,
     ),
-    "dns_timeout": Setting("RUA_SINK_DNS_TIMEOUT", "5", "seconds a DNS lookup may take"),
+    "dns_timeout": Setting("RUA_SINK_DNS_TIMEOUT", "5", "seconds a DNS lookup may take", float),
     "authorized_domains": Setting(
-        "RUA_SINK_AUTHORIZED_DOMAINS", "", "policy domains accepted without a DNS check"
+        "RUA_SINK_AUTHORIZED_DOMAINS", "", "policy domains accepted without a DNS check", _list
     ),
     "unauthorized": Setting(
         "RUA_SINK_UNAUTHORIZED",
         "reject",
         "reject (550 5.7.1) or flag (store, marked) unauthorized reports",
+        _word,
     ),
     "tls_cert": Setting("RUA_SINK_TLS_CERT", "", "PEM certificate chain: enables STARTTLS"),
     "tls_key": Setting("RUA_SINK_TLS_KEY", "", "PEM private key of that certificate"),
@@ -73,83 +96,77 @@ SETTINGS: dict[str, Setting] = {
         "RUA_SINK_PROXY_PROTOCOL_FROM",
         "",
         "CIDRs of load balancers whose PROXY protocol v1/v2 header is read (others: refused)",
+        _networks,
     ),
     "metrics_max_domains": Setting(
         "RUA_SINK_METRICS_MAX_DOMAINS",
         "50",
         "policy_domain label values in DMARC metrics (then other)",
+        parse_size,
     ),
     "metrics_max_reporters": Setting(
         "RUA_SINK_METRICS_MAX_REPORTERS",
         "20",
         "reporter label values in DMARC metrics (then other)",
+        parse_size,
     ),
-    "max_sessions": Setting("RUA_SINK_MAX_SESSIONS", "500", "concurrent SMTP sessions"),
+    "max_sessions": Setting("RUA_SINK_MAX_SESSIONS", "500", "concurrent SMTP sessions", parse_size),
     "max_sessions_per_ip": Setting(
-        "RUA_SINK_MAX_SESSIONS_PER_IP", "20", "concurrent SMTP sessions from one client address"
+        "RUA_SINK_MAX_SESSIONS_PER_IP",
+        "20",
+        "concurrent SMTP sessions from one client address",
+        parse_size,
     ),
-    "max_recipients": Setting("RUA_SINK_MAX_RECIPIENTS", "20", "recipients of one message"),
+    "max_recipients": Setting(
+        "RUA_SINK_MAX_RECIPIENTS", "20", "recipients of one message", parse_size
+    ),
     "idle_timeout": Setting(
-        "RUA_SINK_IDLE_TIMEOUT", "300", "seconds a session may wait for a command"
+        "RUA_SINK_IDLE_TIMEOUT", "300", "seconds a session may wait for a command", float
     ),
-    "data_timeout": Setting("RUA_SINK_DATA_TIMEOUT", "600", "seconds the whole DATA may take"),
+    "data_timeout": Setting(
+        "RUA_SINK_DATA_TIMEOUT", "600", "seconds the whole DATA may take", float
+    ),
     "shutdown_grace": Setting(
-        "RUA_SINK_SHUTDOWN_GRACE", "25", "seconds sessions in flight may finish after SIGTERM"
+        "RUA_SINK_SHUTDOWN_GRACE",
+        "25",
+        "seconds sessions in flight may finish after SIGTERM",
+        float,
     ),
 }
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    smtp_listen: tuple[str, int] = ("0.0.0.0", 2525)
-    http_listen: tuple[str, int] = ("0.0.0.0", 9102)
-    hostname: str = ""
-    addresses: tuple[str, ...] = ()
-    dns_nameservers: tuple[str, ...] = ()
-    dns_timeout: float = 5.0
-    authorized_domains: tuple[str, ...] = ()
-    unauthorized: str = "reject"
-    tls_cert: str = ""
-    tls_key: str = ""
-    proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...] = ()
-    metrics_max_domains: int = 50
-    metrics_max_reporters: int = 20
-    max_sessions: int = 500
-    max_sessions_per_ip: int = 20
-    max_recipients: int = 20
-    idle_timeout: float = 300.0
-    data_timeout: float = 600.0
-    shutdown_grace: float = 25.0
-    limits: Limits = field(default_factory=Limits)
+    """What ``SETTINGS`` describes, parsed; defaults come from there (``from_env({})``)."""
+
+    smtp_listen: tuple[str, int]
+    http_listen: tuple[str, int]
+    hostname: str
+    addresses: tuple[str, ...]
+    dns_nameservers: tuple[str, ...]
+    dns_timeout: float
+    authorized_domains: tuple[str, ...]
+    unauthorized: str
+    tls_cert: str
+    tls_key: str
+    proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...]
+    metrics_max_domains: int
+    metrics_max_reporters: int
+    max_sessions: int
+    max_sessions_per_ip: int
+    max_recipients: int
+    idle_timeout: float
+    data_timeout: float
+    shutdown_grace: float
+    limits: Limits
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
-        raw = {name: env.get(s.env, s.default) for name, s in SETTINGS.items()}
         try:
             values: dict[str, Any] = {
-                "smtp_listen": _hostport(raw["smtp_listen"], "0.0.0.0"),
-                "http_listen": _hostport(raw["http_listen"], "0.0.0.0"),
-                "hostname": raw["hostname"].strip(),
-                "addresses": tuple(a.lower() for a in _list(raw["addresses"])),
-                "dns_nameservers": _list(raw["dns_nameservers"]),
-                "dns_timeout": float(raw["dns_timeout"]),
-                "authorized_domains": _list(raw["authorized_domains"]),
-                "unauthorized": raw["unauthorized"].strip().lower(),
-                "tls_cert": raw["tls_cert"].strip(),
-                "tls_key": raw["tls_key"].strip(),
-                "proxy_protocol_from": tuple(
-                    ip_network(n, strict=False) for n in _list(raw["proxy_protocol_from"])
-                ),
-                "metrics_max_domains": parse_size(raw["metrics_max_domains"]),
-                "metrics_max_reporters": parse_size(raw["metrics_max_reporters"]),
-                "max_sessions": parse_size(raw["max_sessions"]),
-                "max_sessions_per_ip": parse_size(raw["max_sessions_per_ip"]),
-                "max_recipients": parse_size(raw["max_recipients"]),
-                "idle_timeout": float(raw["idle_timeout"]),
-                "data_timeout": float(raw["data_timeout"]),
-                "shutdown_grace": float(raw["shutdown_grace"]),
-                "limits": Limits.from_env(env),
+                name: s.parse(env.get(s.env, s.default)) for name, s in SETTINGS.items()
             }
+            values["limits"] = Limits.from_env(env)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
         settings = cls(**values)

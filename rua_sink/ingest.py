@@ -414,14 +414,18 @@ class _Run:
                 self.tally[(r.disposition, r.dkim, r.spf)] += r.count
         if lines:
             await self.store.copy_lines(self.conn, lines, self.month)
-        self._tally_done(end)
+        self._stored(end)
+
+    def _stored(self, end: AggregateEnd) -> None:
+        """A new aggregate report is in: it is counted, and its records and messages join
+        the message's totals."""
         self.result.records += end.record_count
         self._count(
-            ReportType.AGGREGATE, True, head.metadata.report_id, flagged=not self.verdict_allowed
+            ReportType.AGGREGATE,
+            True,
+            end.report.metadata.report_id,
+            flagged=not self.verdict_allowed,
         )
-
-    def _tally_done(self, end: AggregateEnd) -> None:
-        """A new aggregate report is in: its messages join the message's totals."""
         domain = self.domain if self.verdict_allowed else None
         for (disposition, dkim, spf), n in self.tally.items():
             key = (domain, self.reporter, str(disposition), str(dkim), str(spf))
@@ -484,16 +488,9 @@ class _Run:
         await self.flush()
         await self.store.finish_aggregate(self.conn, self.report, end)
         await self.savepoint.commit()
-        self._tally_done(end)
         self.savepoint = None
         self.report = None
-        self.result.records += end.record_count
-        self._count(
-            ReportType.AGGREGATE,
-            True,
-            end.report.metadata.report_id,
-            flagged=not self.verdict_allowed,
-        )
+        self._stored(end)
 
     async def abandon(self) -> None:
         """A report broke half-way: what it loaded is rolled back (SPEC.md C.26)."""

@@ -7,6 +7,7 @@ starting at once safe: one applies, the others wait and then find nothing to do.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -27,7 +28,10 @@ class Migration:
     sql: str
 
 
-def available() -> list[Migration]:
+@functools.cache
+def available() -> tuple[Migration, ...]:
+    """The migrations this version ships, in order (read from the package once: the
+    readiness probe asks for them every few seconds)."""
     found = []
     for entry in resources.files("rua_sink.migrations").iterdir():
         m = _NAME.match(entry.name)
@@ -37,7 +41,7 @@ def available() -> list[Migration]:
     versions = [mig.version for mig in found]
     if len(set(versions)) != len(versions):
         raise RuntimeError(f"duplicate migration versions: {versions}")
-    return found
+    return tuple(found)
 
 
 async def applied(conn: Conn) -> set[int]:

@@ -33,7 +33,7 @@ import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import IO, Any
@@ -252,17 +252,17 @@ class ReportHandler:
         rcpt_domains: tuple[str, ...],
         rcpt_addresses: tuple[str, ...],
     ) -> Authorization:
-        last = Authorization(Verdict.NOT_AUTHORIZED)
+        # A TLS report names its destination by address (RFC 8460 3), DMARC by domain.
+        check: Callable[[str, str], Awaitable[Authorization]]
         if kind is ReportType.TLSRPT:
-            for address in rcpt_addresses:
-                last = await self.authorizer.check_tls(domain, address)
-                if last.verdict.allowed:
-                    return last
-            return last
-        for rcpt in rcpt_domains:
-            last = await self.authorizer.check_dmarc(domain, rcpt)
+            check, destinations = self.authorizer.check_tls, rcpt_addresses
+        else:
+            check, destinations = self.authorizer.check_dmarc, rcpt_domains
+        last = Authorization(Verdict.NOT_AUTHORIZED)
+        for destination in destinations:
+            last = await check(domain, destination)
             if last.verdict.allowed:
-                return last
+                break
         return last
 
 

@@ -235,7 +235,7 @@ class Store:
                 sp, np, pct, fo, testing, discovery_method, extensions, record_count,
                 message_count, part_filename, part_layers, authz_verdict, repairs)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                    $17, $18, $19, $20, $21, $22, $23, $27, $28, $24, $25, $26, $29)
+                    $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
             ON CONFLICT ON CONSTRAINT aggregate_reports_dedup DO NOTHING
             RETURNING id
             """,
@@ -262,11 +262,11 @@ class Store:
             pol.testing,
             pol.discovery_method,
             list(head.extensions),
+            end.record_count if end else 0,
+            end.message_count if end else 0,
             head.part.filename,
             list(head.part.layers),
             authorization,
-            end.record_count if end else 0,
-            end.message_count if end else 0,
             list(end.repairs) if end else [],
         )
         return value
@@ -448,27 +448,22 @@ class Store:
                 self._partitions.discard(month)
                 dropped += 1
         async with self.pool.acquire() as conn, conn.transaction():
-            reports = await conn.fetchval(
-                "WITH d AS (DELETE FROM aggregate_reports WHERE end_at < $1 RETURNING 1) "
-                "SELECT count(*) FROM d",
-                cutoff,
-            )
+
+            async def delete(table: str, column: str) -> int:
+                """Rows of ``table`` with ``column`` before the cutoff: deleted, counted
+                (the names are this module's own, never input)."""
+                sql = f"WITH d AS (DELETE FROM {table} WHERE {column} < $1 RETURNING 1) "  # noqa: S608
+                return int(await conn.fetchval(sql + "SELECT count(*) FROM d", cutoff))  # noqa: S608
+
+            reports = await delete("aggregate_reports", "end_at")
             await conn.execute("DELETE FROM aggregate_records WHERE begin_at < $1", cutoff)
-            tls = await conn.fetchval(
-                "WITH d AS (DELETE FROM tls_reports WHERE end_at < $1 RETURNING 1) "
-                "SELECT count(*) FROM d",
-                cutoff,
-            )
-            raw = await conn.fetchval(
-                "WITH d AS (DELETE FROM raw_messages WHERE received_at < $1 RETURNING 1) "
-                "SELECT count(*) FROM d",
-                cutoff,
-            )
+            tls = await delete("tls_reports", "end_at")
+            raw = await delete("raw_messages", "received_at")
         return {
             "partitions_dropped": dropped,
-            "aggregate_reports": int(reports),
-            "tls_reports": int(tls),
-            "raw_messages": int(raw),
+            "aggregate_reports": reports,
+            "tls_reports": tls,
+            "raw_messages": raw,
         }
 
 

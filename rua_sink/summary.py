@@ -11,7 +11,6 @@ from .store import Conn
 _TOTALS = """
 SELECT coalesce(sum(message_count), 0) AS messages,
        coalesce(sum(message_count) FILTER (WHERE dmarc_pass), 0) AS passing,
-       count(DISTINCT reporter) AS reporters,
        count(DISTINCT coalesce(host(source_ip), source_ip_text)) AS sources
 FROM aggregate_records
 WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3

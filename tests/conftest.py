@@ -1,8 +1,9 @@
-"""Shared helpers: the real corpus (used in place) and event collection."""
+"""Shared helpers: the real corpus (used in place), event collection, the README's tables,
+and input cut into chunks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,20 @@ pytest_plugins = ["tests.pg", "tests.dnsserver", "tests.smtpserver"]
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = (ROOT / ".." / "shared" / "corpus" / "real").resolve()
+
+
+#: The SPF results of invalid_casing.xml's one record, read off the file: the known ones
+#: in lower case, an unknown one ("HardFail") as written.
+INVALID_CASING_SPF_RESULTS = [
+    "none",
+    "neutral",
+    "pass",
+    "fail",
+    "HardFail",
+    "softfail",
+    "temperror",
+    "permerror",
+]
 
 
 @dataclass
@@ -72,3 +87,15 @@ def corpus(rel: str) -> Path:
     if not path.is_file():
         pytest.fail(f"corpus file missing: {path} (the corpus must sit at ../shared)")
     return path
+
+
+def readme_table(name: str) -> str:
+    """The README's table marked ``<!-- NAME-table ... -->``, to the blank line after it."""
+    text = (ROOT / "README.md").read_text()
+    return text.split(f"<!-- {name}-table")[1].split("\n\n")[0]
+
+
+def chunks(data: bytes, size: int) -> Iterator[bytes]:
+    """``data`` in pieces of ``size`` bytes, as a socket or a file read would give it."""
+    for at in range(0, len(data), size):
+        yield data[at : at + size]

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
+from rua_sink import migrate
 from rua_sink.database import Embedded, find_bindir
 
 T = TypeVar("T")
@@ -51,6 +52,19 @@ def admin(server_url: str, *statements: str) -> None:
     run(go())
 
 
+def fetch(url: str, sql: str, *args: Any) -> list[asyncpg.Record]:
+    """The rows of one query, on a connection of its own."""
+
+    async def go() -> list[asyncpg.Record]:
+        conn = await asyncpg.connect(url)
+        try:
+            return list(await conn.fetch(sql, *args))
+        finally:
+            await conn.close()
+
+    return run(go())
+
+
 @contextmanager
 def scratch_database(server_url: str, prefix: str) -> Iterator[tuple[str, str]]:
     """A database of its own, created empty and dropped afterwards (even if a test made
@@ -65,6 +79,14 @@ def scratch_database(server_url: str, prefix: str) -> Iterator[tuple[str, str]]:
             f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true',
             f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
         )
+
+
+def terminate_sessions(name: str) -> str:
+    """SQL that ends every session on database ``name`` but the one running it."""
+    return (
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - test's own name
+        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    )
 
 
 def with_database(url: str, name: str) -> str:
@@ -111,8 +133,6 @@ def db(database_url: str) -> str:
     """The session's database, migrated, with every table empty."""
 
     async def reset() -> None:
-        from rua_sink import migrate
-
         conn = await asyncpg.connect(database_url)
         try:
             await migrate.migrate(conn)

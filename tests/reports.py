@@ -1,12 +1,15 @@
-"""Builders for report documents and messages used by the tests."""
+"""Builders for report documents and messages used by the tests and the benchmarks."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
+import random
 import zipfile
 from email.message import EmailMessage
 from email.policy import SMTP
+from pathlib import Path
 
 NS_9990 = "urn:ietf:params:xml:ns:dmarc-2.0"
 
@@ -89,3 +92,130 @@ def message(
         maintype, subtype = media.split("/")
         msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename, cte=cte)
     return msg.as_bytes(policy=SMTP)
+
+
+def report_message(report_id: str, records: int = 2, domain: str = "example.com") -> bytes:
+    """A gzip'd aggregate report about ``domain``, in a message as reporters send it."""
+    xml = report_xml(records, report_id=report_id, domain=domain)
+    return message((gz(xml), "application/gzip", f"r!{domain}!1!2.xml.gz"))
+
+
+# --- large reports, as large providers write them ---------------------------------------
+
+LARGE_HEAD = """<?xml version="1.0" encoding="UTF-8" ?>
+<feedback>
+  <version>1.0</version>
+  <report_metadata>
+    <org_name>bench.example</org_name>
+    <email>noreply-dmarc-support@bench.example</email>
+    <extra_contact_info>https://support.bench.example/dmarc</extra_contact_info>
+    <report_id>{report_id}</report_id>
+    <date_range>
+      <begin>1782172800</begin>
+      <end>1782259199</end>
+    </date_range>
+  </report_metadata>
+  <policy_published>
+    <domain>example.com</domain>
+    <adkim>r</adkim>
+    <aspf>r</aspf>
+    <p>reject</p>
+    <sp>reject</sp>
+    <pct>100</pct>
+    <np>reject</np>
+  </policy_published>
+"""
+
+LARGE_RECORD = """  <record>
+    <row>
+      <source_ip>{ip}</source_ip>
+      <count>{count}</count>
+      <policy_evaluated>
+        <disposition>{disposition}</disposition>
+        <dkim>{dkim}</dkim>
+        <spf>{spf}</spf>
+      </policy_evaluated>
+    </row>
+    <identifiers>
+      <header_from>example.com</header_from>
+      <envelope_from>{env}</envelope_from>
+    </identifiers>
+    <auth_results>
+      <dkim>
+        <domain>{dkim_domain}</domain>
+        <selector>s{sel}</selector>
+        <result>{dkim}</result>
+      </dkim>
+      <spf>
+        <domain>{env}</domain>
+        <scope>mfrom</scope>
+        <result>{spf_result}</result>
+      </spf>
+    </auth_results>
+  </record>
+"""
+
+
+def build_email(path: Path, records: int, seed: int = 7) -> int:
+    """Write a report email with ``records`` records; returns the XML size in bytes."""
+    rng = random.Random(seed)
+    raw = path.with_suffix(".xml.gz")
+    xml_bytes = 0
+    with gzip.open(raw, "wb", compresslevel=6) as packed:
+        head = LARGE_HEAD.format(report_id=f"bench-{records}").encode()
+        packed.write(head)
+        xml_bytes += len(head)
+        batch: list[str] = []
+        for i in range(records):
+            ok = rng.random() < 0.8
+            octets = (rng.randrange(1, 224), *rng.randbytes(2), rng.randrange(1, 255))
+            ip = (
+                f"2001:db8:{i % 65536:x}::{rng.randrange(1, 65535):x}"
+                if i % 10 == 0
+                else ".".join(map(str, octets))
+            )
+            batch.append(
+                LARGE_RECORD.format(
+                    ip=ip,
+                    count=rng.randrange(1, 500),
+                    disposition="none" if ok else rng.choice(("reject", "quarantine")),
+                    dkim="pass" if ok else "fail",
+                    spf="pass" if ok or rng.random() < 0.3 else "fail",
+                    spf_result="pass" if ok else rng.choice(("softfail", "fail", "neutral")),
+                    env=rng.choice(("example.com", "bounce.example.com", f"m{i % 97}.example.net")),
+                    dkim_domain=rng.choice(("example.com", "esp.example.org")),
+                    sel=i % 13,
+                )
+            )
+            if len(batch) == 1000:
+                data = "".join(batch).encode()
+                packed.write(data)
+                xml_bytes += len(data)
+                batch.clear()
+        tail = ("".join(batch) + "</feedback>\n").encode()
+        packed.write(tail)
+        xml_bytes += len(tail)
+    name = f"bench.example!example.com!1782172800!1782259199!{records}.xml.gz"
+    with raw.open("rb") as src, path.open("wb") as out:
+        out.write(
+            (
+                "From: noreply-dmarc-support@bench.example\r\n"
+                "To: dmarc@rua.example.net\r\n"
+                "Subject: Report domain: example.com Submitter: bench.example "
+                f"Report-ID: bench-{records}\r\n"
+                "Date: Tue, 23 Jun 2026 00:10:00 +0000\r\n"
+                "Message-ID: <bench@bench.example>\r\n"
+                "MIME-Version: 1.0\r\n"
+                'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+                "--b1\r\nContent-Type: text/plain\r\n\r\nThis is an aggregate report.\r\n"
+                f'--b1\r\nContent-Type: application/gzip; name="{name}"\r\n'
+                "Content-Transfer-Encoding: base64\r\n"
+                f'Content-Disposition: attachment; filename="{name}"\r\n\r\n'
+            ).encode()
+        )
+        while block := src.read(57 * 1024):
+            encoded = base64.encodebytes(block).replace(b"\n", b"\r\n")
+            out.write(encoded)
+        out.write(b"--b1--\r\n")
+    raw.unlink()
+    return xml_bytes

@@ -6,7 +6,6 @@ import os
 import smtplib
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
@@ -18,10 +17,11 @@ from typing import IO, Any
 
 import asyncpg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .dnsserver import Zone, serving
-from .pg import run
-from .reports import gz, message, report_xml
+from .pg import fetch, scratch_database
+from .procs import CLI
 
 RUA = "dmarc@rua.example.net"
 MAX_BYTES = 300 * 1024
@@ -55,14 +55,7 @@ class Server:
             return exc.code
 
     def fetch(self, sql: str, *args: Any) -> list[asyncpg.Record]:
-        async def go() -> list[asyncpg.Record]:
-            conn = await asyncpg.connect(self.database_url)
-            try:
-                return list(await conn.fetch(sql, *args))
-            finally:
-                await conn.close()
-
-        return run(go())
+        return fetch(self.database_url, sql, *args)
 
 
 def start_server(database_url: str, zone_address: str, zone: Zone, **extra: str) -> Server:
@@ -82,7 +75,7 @@ def start_server(database_url: str, zone_address: str, zone: Zone, **extra: str)
     }
     log = tempfile.TemporaryFile("w+")  # noqa: SIM115 - closed by stop_server
     process = subprocess.Popen(
-        [sys.executable, "-m", "rua_sink.cli", "serve"],
+        [*CLI, "serve"],
         env=env,
         stdout=subprocess.DEVNULL,
         # A file, not a pipe: nobody reads the logs while the server runs, and a full pipe
@@ -90,7 +83,7 @@ def start_server(database_url: str, zone_address: str, zone: Zone, **extra: str)
         stderr=log,
     )
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    while True:
         if process.poll() is not None:
             log.seek(0)
             raise RuntimeError(f"serve exited: {log.read()[-3000:]!r}")
@@ -98,6 +91,11 @@ def start_server(database_url: str, zone_address: str, zone: Zone, **extra: str)
             with socket.create_connection(("127.0.0.1", smtp_port), timeout=1):
                 break
         except OSError:
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                log.close()
+                raise RuntimeError("serve did not listen within 60 s") from None
             time.sleep(0.1)
     return Server(smtp_port, http_port, database_url, zone, process, log)
 
@@ -128,6 +126,17 @@ def running(database_url: str, zone: Zone | None = None, **extra: str) -> Iterat
             stop_server(srv)
 
 
+@contextmanager
+def running_alone(server_url: str, prefix: str, **extra: str) -> Iterator[tuple[Server, str]]:
+    """``running`` on a database of its own, which the test may take away; yields the
+    server and the database's name."""
+    with (
+        scratch_database(server_url, prefix) as (url, name),
+        running(url, None, **extra) as srv,
+    ):
+        yield srv, name
+
+
 @pytest.fixture(scope="module")
 def server(database_url: str) -> Iterator[Server]:
     zone = example_zone()
@@ -153,11 +162,6 @@ def send(server: Server, data: bytes, rcpt: str = RUA, sender: str = "") -> tupl
         return code, reply.decode()
 
 
-def report_message(report_id: str, records: int = 2, domain: str = "example.com") -> bytes:
-    xml = report_xml(records, report_id=report_id, domain=domain)
-    return message((gz(xml), "application/gzip", f"r!{domain}!1!2.xml.gz"))
-
-
 def stored(server: Server, report_id: str) -> list[asyncpg.Record]:
     return server.fetch(
         "SELECT r.id, r.record_count, r.authz_verdict, m.status, m.mail_from, m.rcpt_to, "
@@ -171,8 +175,6 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def scrape(server: Server) -> Samples:
-    from prometheus_client.parser import text_string_to_metric_families
-
     with urllib.request.urlopen(f"http://127.0.0.1:{server.http_port}/metrics", timeout=10) as r:
         assert r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
         text = r.read().decode()

@@ -3,25 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-from .conftest import CORPUS, corpus
+from .conftest import CORPUS, INVALID_CASING_SPF_RESULTS, corpus
+from .procs import cli
 from .reports import gz, report_xml
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]], str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "rua_sink.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env={**os.environ, **(env or {})},
-    )
+    """``rua-sink ARGS``: its exit status, its JSON lines and its stderr."""
+    proc = cli(*args, env=env)
     lines = [json.loads(line) for line in proc.stdout.splitlines()]
     return proc.returncode, lines, proc.stderr
 
@@ -52,16 +44,7 @@ def test_records_are_streamed_inside_the_report_line() -> None:
     status, (line,), _ = run("parse", "--records", str(path))
     assert status == 0
     (record,) = line["records"]
-    assert [s["result"] for s in record["spf_results"]] == [
-        "none",
-        "neutral",
-        "pass",
-        "fail",
-        "HardFail",
-        "softfail",
-        "temperror",
-        "permerror",
-    ]
+    assert [s["result"] for s in record["spf_results"]] == INVALID_CASING_SPF_RESULTS
     assert line["record_count"] == 1
 
 
@@ -95,6 +78,7 @@ def test_limits_from_flags_and_environment(tmp_path: Path) -> None:
     assert status == 1
     assert lines[-1]["detail"] == "max_records exceeded: 3 > 2"
     status, lines, _ = run("parse", str(path), env={"RUA_SINK_MAX_MESSAGE_BYTES": "1KiB"})
+    assert status == 1
     assert lines[0]["error"] == "message_too_large"
     status, lines, stderr = run("parse", "--limit", "no_such_limit=1", str(path))
     assert status != 0

@@ -8,12 +8,11 @@ import pytest
 
 from rua_sink.config import SETTINGS, ConfigError, Settings, names
 
-from .conftest import ROOT
+from .conftest import readme_table
 
 
 def test_readme_table_matches_the_settings() -> None:
-    text = (ROOT / "README.md").read_text()
-    table = text.split("<!-- settings-table")[1].split("\n\n")[0]
+    table = readme_table("settings")
     rows = re.findall(r"^\| `(RUA_SINK_\w+)` \| (`[^`]*`)? ?\| (.+) \|$", table, re.M)
     documented = {env: (default.strip("`"), meaning) for env, default, meaning in rows}
     assert documented == {s.env: (s.default, s.help) for s in SETTINGS.values()}

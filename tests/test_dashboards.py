@@ -21,11 +21,10 @@ from rua_sink.core.limits import Limits
 from rua_sink.ingest import Ingester
 from rua_sink.store import Store
 
-from .conftest import ROOT
-from .reports import TLS_JSON, gz, message, report_xml
-from .smtpserver import Server, report_message, scrape, send
-from .test_queries import DOMAIN, parsed_records
-from .test_store import corpus_reports, ingest_bytes, ingest_files, with_store
+from .conftest import ROOT, readme_table
+from .reports import TLS_JSON, gz, message, report_message, report_xml
+from .smtpserver import Server, scrape, send
+from .storage import DOMAIN, ingest_bytes, parsed_records, store_corpus, with_store
 
 GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = GRAFANA / "dashboards"
@@ -185,8 +184,7 @@ def series_names(expr: str) -> set[str]:
 
 def documented_values() -> dict[str, set[str]]:
     """Per metric, every word in backquotes on its row of the README's metrics table."""
-    text = (ROOT / "README.md").read_text()
-    table = text.split("<!-- metrics-table")[1].split("\n\n")[0]
+    table = readme_table("metrics")
     out = {}
     for row in re.findall(r"^\| `(rua_sink_\w+)` \|(.*)$", table, re.M):
         out[row[0]] = set(re.findall(r"`([^`]+)`", row[1]))
@@ -311,11 +309,12 @@ def test_sql_panels_run_and_agree_with_the_parser(db: str) -> None:
     domain_query = query_text(variables(dashboard)["domain"])
     assert domain_query == "SELECT DISTINCT policy_domain FROM aggregate_reports ORDER BY 1"
 
+    store_corpus(db)
+
     async def go(store: Store) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
-        ingester = Ingester(store, limits=Limits())  # as tests/test_queries.py does
-        await ingest_files(ingester, corpus_reports())
         # and one broken report, for the quarantine panel (the corpus has none)
         cut = gz(report_xml(100, report_id="cut"))[:-50]
+        ingester = Ingester(store, limits=Limits())
         await ingest_bytes(ingester, message((cut, "application/gzip", "c.xml.gz")))
         domains = [r[0] for r in await store.pool.fetch(substitute(domain_query))]
         rows = {

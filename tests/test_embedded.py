@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from . import procs
 from .conftest import corpus
 
 
@@ -20,35 +19,18 @@ def data_dir() -> Iterator[Path]:
     # Under /tmp and world-traversable: as root, the server runs as another user.
     path = Path(tempfile.mkdtemp(prefix="rua-sink-embedded-", dir="/tmp"))
     path.chmod(0o755)
-    env = _env(path)
     try:
         yield path
     finally:
-        subprocess.run(
-            [sys.executable, "-m", "rua_sink.cli", "db", "stop"],
-            env=env,
-            capture_output=True,
-            check=False,
-            timeout=60,
-        )
+        cli(path, "db", "stop")
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _env(data: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUA_SINK_DATABASE_URL")}
-    env["RUA_SINK_DATA_DIR"] = str(data)
-    return env
-
-
 def cli(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rua_sink.cli", *args],
-        env=_env(data),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=180,
-    )
+    """``rua-sink ARGS`` with no database configured (empty is unset) and its data in
+    ``data``."""
+    unset = {"RUA_SINK_DATABASE_URL": "", "RUA_SINK_DATABASE_URL_FILE": ""}
+    return procs.cli(*args, env={**unset, "RUA_SINK_DATA_DIR": str(data)})
 
 
 def test_ingest_with_no_database_configured(data_dir: Path) -> None:

@@ -7,9 +7,6 @@ payload through ``parse_part``. Each case asserts the exact error class (not a p
 and for several its ``reason``; ``bounded`` checks wall time and, where the work is done
 by Python objects, the peak traced by ``tracemalloc`` (lxml's C allocations are not
 traced, so the XML cases bound time only).
-
-Tests whose docstring starts with "BUG:" fail on purpose: they pin a defect of
-rua_sink's core that is described there, and pass once it is fixed.
 """
 
 from __future__ import annotations
@@ -70,6 +67,9 @@ from rua_sink.core.model import (
 )
 from rua_sink.core.pipeline import default_spool, parse_message, parse_part
 
+from .conftest import chunks
+from .reports import message
+
 DEFAULT = Limits()
 SMTP_CHUNK = 64 * KiB
 #: Peak of Python allocations allowed while a bomb is parsed.
@@ -110,16 +110,13 @@ def _no_stray(run: Callable[[], list[Event]], where: str) -> list[Event]:
     except RuaSinkError:
         raise
     except Exception as exc:
-        raise AssertionError(f"BUG: {type(exc).__name__} escaped {where}: {exc}") from exc
+        raise AssertionError(
+            f"{type(exc).__name__} escaped {where} (only RuaSinkError may): {exc}"
+        ) from exc
 
 
-def chunks_of(data: bytes, size: int = SMTP_CHUNK) -> Iterator[bytes]:
-    for at in range(0, len(data), size):
-        yield data[at : at + size]
-
-
-def message_events(message: bytes | Iterable[bytes], limits: Limits = DEFAULT) -> list[Event]:
-    source = chunks_of(message) if isinstance(message, bytes) else message
+def message_events(data: bytes | Iterable[bytes], limits: Limits = DEFAULT) -> list[Event]:
+    source = chunks(data, SMTP_CHUNK) if isinstance(data, bytes) else data
     return _no_stray(lambda: list(parse_message(source, limits)), "parse_message")
 
 
@@ -245,15 +242,7 @@ def report_email(
     filename: str = "example.net!example.com!1700000000!1700086399.xml.gz",
 ) -> bytes:
     """A real multipart email carrying ``payload`` as a base64 attachment."""
-    msg = EmailMessage()
-    msg["From"] = "dmarc-reports@example.net"
-    msg["To"] = "rua@example.com"
-    msg["Subject"] = "Report Domain: example.com Submitter: example.net Report-ID: hostile-1"
-    msg["Message-ID"] = "<hostile-1@example.net>"
-    msg["Date"] = "Tue, 14 Nov 2023 22:13:20 +0000"
-    msg.set_content("This is a DMARC aggregate report for example.com.\n")
-    msg.add_attachment(payload, maintype=maintype, subtype=subtype, filename=filename)
-    return msg.as_bytes(policy=email.policy.SMTP)
+    return message((payload, f"{maintype}/{subtype}", filename))
 
 
 HEAD = (
@@ -345,9 +334,8 @@ def test_zip_bomb_under_lower_output_cap_hits_decompressed_cap() -> None:
 
 def test_zip_members_share_one_decompressed_cap() -> None:
     """One budget for every member: max_decompressed_bytes counts "all archive layers
-    together" (limits.py). Regression test: up to commit d030eed, unpack._zip_read built
-    a new _Meter for each zip member, so a zip of N members could inflate N times the
-    cap; here four members of 900 KiB each (3.6 MiB) passed a 2 MiB cap untouched."""
+    together" (limits.py), so a zip of N members cannot inflate N times the cap: four
+    members of 900 KiB each (3.6 MiB) stop at a 2 MiB cap."""
     doc = (
         b'{"organization-name": "example.net", "report-id": "r-%d", "date-range": '
         b'{"start-datetime": "2023-11-14T00:00:00Z", "end-datetime": "2023-11-15T00:00:00Z"}, '
@@ -362,9 +350,9 @@ def test_zip_members_share_one_decompressed_cap() -> None:
         events = part_events(payload, limits)
     failed = [e.error for e in events if isinstance(e, PartFailed)]
     assert any(type(e) is DecompressedTooLarge for e in failed), (
-        f"BUG: {total} bytes inflated from one part under max_decompressed_bytes="
+        f"{total} bytes inflated from one part under max_decompressed_bytes="
         f"{limits.max_decompressed_bytes}: {len(reports(events))} reports, no "
-        "DecompressedTooLarge (each zip member has its own meter)"
+        "DecompressedTooLarge"
     )
 
 
@@ -477,13 +465,10 @@ def test_dtd_is_forbidden(prolog: bytes, field: bytes) -> None:
     ids=["external-subset", "parameter-entity", "internal-subset"],
 )
 def test_dtd_hidden_by_a_control_character_is_forbidden(prolog: bytes) -> None:
-    """BUG: XmlCleaner._clean looks for b"<!DOCTYPE" and b"<!ENTITY" *before* it removes
-    the control characters XML forbids, so ``<!DOC\\x01TYPE`` passes the check and reaches
-    lxml as ``<!DOCTYPE``. The parser's settings are no second lock: libxml2 opens the
-    file named by an external subset or parameter entity (strace shows
-    ``openat("/etc/passwd")``; the error detail ends "(passwd, line 1)", and a missing
-    file parses fine: a file-existence oracle; a FIFO or a blocking /dev/stdin hangs the
-    parse). Expected: ForbiddenXml for any DTD, as xmlclean documents."""
+    """A DTD behind a control character (``<!DOC\\x01TYPE``) is ForbiddenXml like any
+    other: XmlCleaner removes the control characters XML forbids *before* it looks for
+    markup declarations, so none reaches libxml2, which would open the file an external
+    subset or parameter entity names (a file-existence oracle; a FIFO would hang it)."""
     doc = aggregate(prolog=prolog)
     with bounded(seconds=2, peak=None):
         events = part_events(doc)
@@ -491,7 +476,7 @@ def test_dtd_hidden_by_a_control_character_is_forbidden(prolog: bytes) -> None:
     failed = [e.error for e in events if isinstance(e, PartFailed)]
     got = [f"{type(e).__name__}: {e}" for e in failed] or [f"{len(reports(events))} report(s)"]
     assert [type(e) for e in failed] == [ForbiddenXml], (
-        f"BUG: a DTD behind a control character is not refused; got {got}"
+        f"a DTD behind a control character is not refused; got {got}"
     )
 
 
@@ -506,16 +491,15 @@ def test_truncated_xml() -> None:
 
 
 def test_small_malformed_document_is_a_syntax_error_not_truncated() -> None:
-    """BUG: parse_aggregate labels any syntax error found while the final piece of the
-    document is fed as TruncatedXml (``if final or ...``). XmlCleaner holds back the
-    first 256 bytes, so a short document is fed only at the end, and a mismatched tag in
-    it is reported as "truncated". The same error in a longer document is XmlSyntaxError."""
+    """A mismatched tag is XmlSyntaxError in a short document as in a long one, although
+    XmlCleaner holds back the first 256 bytes, so a short document reaches the parser
+    only at its end: TruncatedXml is for input that stops inside markup."""
     bad = b"<feedback><report_metadata></policy_published></feedback>\n"
     long_doc = aggregate(bad[len(b"<feedback>") :] + RECORD * 20)
     assert_error(failure(part_events(long_doc)), XmlSyntaxError, Reason.XML_SYNTAX)
     err = failure(part_events(XML_DECL + bad))
     assert type(err) is XmlSyntaxError, (
-        f"BUG: a complete, short, malformed document is reported as {type(err).__name__}"
+        f"a complete, short, malformed document is reported as {type(err).__name__}"
     )
 
 
@@ -549,10 +533,10 @@ def test_deep_xml(body: bytes) -> None:
     ["row", "report_metadata", "policy_published"],
 )
 def test_max_xml_depth_holds_inside_known_elements(where: str) -> None:
-    """BUG: max_xml_depth is "Element nesting in a report XML document" (limits.py), but
-    it is only checked on kept subtrees (extensions, unknown children of a record). 100
-    levels under <row>, <report_metadata> or <policy_published> are accepted: only
-    libxml2's own 256 applies there."""
+    """max_xml_depth is "Element nesting in a report XML document" (limits.py): it holds
+    under <row>, <report_metadata> and <policy_published> too, not only in the subtrees
+    kept raw (extensions, unknown children of a record), and well below libxml2's own
+    256."""
     deep = _nested(100)
     doc = aggregate(
         RECORD.replace(b"</row>", deep + b"</row>") if where == "row" else RECORD,
@@ -563,7 +547,7 @@ def test_max_xml_depth_holds_inside_known_elements(where: str) -> None:
         events = part_events(doc)
     failed = [type(e.error) for e in events if isinstance(e, PartFailed)]
     assert failed == [XmlTooDeep], (
-        f"BUG: 100 nested elements under <{where}> pass max_xml_depth="
+        f"100 nested elements under <{where}> pass max_xml_depth="
         f"{DEFAULT.max_xml_depth}: {len(reports(events))} report(s), failures {failed}"
     )
 
@@ -605,35 +589,36 @@ def test_element_larger_than_its_cap() -> None:
 
 
 @pytest.mark.parametrize(
-    ("doc", "what"),
+    ("doc", "what", "invalid"),
     [
-        (aggregate(begin=b"1e999"), "date_range/begin 1e999"),
-        (aggregate(begin=b"9" * 5000), "a 5000-digit date_range/begin"),
-        (aggregate(RECORD.replace(b"<count>1<", b"<count>inf<")), "record count inf"),
-        (aggregate(policy_extra="<pct>\u00b2</pct>".encode()), "pct of a superscript two"),
+        (aggregate(begin=b"1e999"), "date_range/begin 1e999", True),
+        (aggregate(begin=b"9" * 5000), "a 5000-digit date_range/begin", True),
+        (aggregate(RECORD.replace(b"<count>1<", b"<count>inf<")), "record count inf", True),
+        # pct is optional (RFC 7489 only): a value that is not a number is ignored
+        (aggregate(policy_extra="<pct>\u00b2</pct>".encode()), "pct of a superscript two", False),
         (
             b'{"organization-name": "o", "report-id": "r", "date-range": {"start-datetime": '
             b'"2023-11-14T00:00:00Z", "end-datetime": "2023-11-15T00:00:00Z"}, "policies": '
             b'[{"policy": {"policy-type": "sts", "policy-domain": "example.com"}, "summary": '
             b'{"total-successful-session-count": 1e999, "total-failure-session-count": 0}}]}',
             "TLS session count 1e999",
+            True,
         ),
     ],
     ids=["begin-1e999", "begin-5000-digits", "count-inf", "pct-superscript", "tls-count-1e999"],
 )
-def test_out_of_range_numbers_are_invalid_reports(doc: bytes, what: str) -> None:
-    """BUG: numbers are converted without catching every failure of int():
-    aggregate._int tries int(float(text)) and catches ValueError only, so "1e999", "inf"
-    or a 5000-digit number (beyond int's 4300-digit limit) raise OverflowError;
-    aggregate._policy does ``int(pct) if pct.isdigit()``, and "²".isdigit() is True but
-    int("²") raises ValueError; tlsrpt._count does int(1e999) -> OverflowError. Those
-    escape parse_part and parse_message, which must only raise RuaSinkError; one hostile
-    report then takes down the whole message. Expected: InvalidReport (or the value
-    ignored, as for a non-numeric pct)."""
+def test_out_of_range_numbers_are_invalid_reports(doc: bytes, what: str, invalid: bool) -> None:
+    """Numbers int() cannot take (1e999, inf, 5000 digits, a superscript digit) never
+    escape as OverflowError or ValueError, which would take down the whole message: a
+    date or a count is InvalidReport, a pct that is not ASCII digits is ignored."""
     events = part_events(doc)
-    for ev in events:
-        if isinstance(ev, PartFailed):
-            assert_error(ev.error, InvalidReport)
+    failed = [ev.error for ev in events if isinstance(ev, PartFailed)]
+    if invalid:
+        assert [type(e) for e in failed] == [InvalidReport], what
+    else:
+        assert failed == [], what
+        (head,) = [ev for ev in events if isinstance(ev, AggregateReport)]
+        assert head.policy.pct is None
     events = message_events(report_email(gzip_of(doc)))
     assert isinstance(events[0], MessageInfo), what
 
@@ -806,16 +791,10 @@ def _multipart_report(top_fields: bytes, part_fields: bytes = b"") -> bytes:
     ids=["from-a@[", "from-:;@", "from-.:", "from-folded-.;", "part-content-type-a_*"],
 )
 def test_malformed_header_fields_do_not_lose_the_report(message: bytes) -> None:
-    """BUG: the stdlib's header parser (email.policy.default) crashes on some malformed
-    fields, and mime.py does not contain it: mime._text catches ValueError, LookupError
-    and IndexError around ``msg.get("from")``, but ``From: a@[`` raises AttributeError
-    ('InvalidHeaderDefect' object has no attribute 'all_defects'), ``From: :;@``
-    AttributeError ('Group' ... 'local_part'), ``From: .:`` AttributeError ('str' ...
-    'token_type'), a folded ``From:`` of ``.;`` TypeError; and Headers.parse does not
-    guard ``parsebytes`` at all, where ``Content-Type: text/plain; a_*`` (a parameter
-    without "=") raises IndexError. Each escapes parse_message: one malformed field in
-    any part loses the whole message. Expected: the field read as absent or raw, and
-    the report parsed."""
+    """Header fields that the stdlib's structured header parsers crash on (``From: a@[``,
+    ``From: :;@``, ``From: .:``, a folded ``From:`` of ``.;``, a ``Content-Type``
+    parameter without "=") are read as absent or raw, and the report is parsed: one
+    malformed field in any part does not lose the message."""
     with bounded(seconds=2):
         events = message_events(message)
     assert len(reports(events)) == 1

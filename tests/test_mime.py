@@ -4,20 +4,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator
 
 import pytest
 
 from rua_sink.core.errors import NotAReport, TransferEncodingError
 from rua_sink.core.pipeline import parse_message
 
-from .conftest import Collected, collect
+from .conftest import Collected, chunks, collect
 from .reports import TLS_JSON, gz, message, report_xml, zipped
-
-
-def chunks(data: bytes, size: int) -> Iterator[bytes]:
-    for at in range(0, len(data), size):
-        yield data[at : at + size]
 
 
 def parse(data: bytes, size: int = 65536) -> Collected:

@@ -4,46 +4,19 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-from rua_sink.core.limits import Limits
-from rua_sink.core.model import AggregateReport, Record
-from rua_sink.core.pipeline import parse_file
-from rua_sink.ingest import Ingester
-from rua_sink.store import Store, reporter_key
+from rua_sink.store import Store
 
-from .conftest import CORPUS, ROOT
-from .test_store import corpus_reports, ingest_files, with_store
-
-DOMAIN = "stalw.art"  # six reporters in the corpus: Fastmail, Google, Microsoft, ...
-PERIOD = (datetime(2022, 1, 1, tzinfo=UTC), datetime(2023, 1, 1, tzinfo=UTC))
+from .conftest import ROOT
+from .storage import DOMAIN, PERIOD, parsed_records, store_corpus, with_store
 
 
 def readme_queries() -> dict[str, str]:
     text = (ROOT / "README.md").read_text()
     found = re.findall(r"<!-- sql: ([^>]+?) -->\n```sql\n(.*?)```", text, re.S)
     return dict(found)
-
-
-def parsed_records(
-    period: tuple[datetime, datetime] = PERIOD,
-) -> list[tuple[str, Record, datetime]]:
-    """(reporter, record, report begin) of every corpus report for DOMAIN, from the parser."""
-    out = []
-    for path in sorted(CORPUS.rglob("*")):
-        if not path.is_file() or path.name in ("SOURCES.md", "MANIFEST.sha256"):
-            continue
-        head: AggregateReport | None = None
-        for ev in parse_file(path):
-            if isinstance(ev, AggregateReport):
-                head = ev
-            elif isinstance(ev, Record) and head is not None and head.policy.domain == DOMAIN:
-                begin = datetime.fromtimestamp(head.metadata.begin, UTC)
-                if period[0] <= begin < period[1]:
-                    reporter = reporter_key(head.metadata.org_name, head.metadata.email)
-                    out.append((reporter, ev, begin))
-    return out
 
 
 def test_the_three_questions(db: str) -> None:
@@ -54,8 +27,9 @@ def test_the_three_questions(db: str) -> None:
         "pass rate per day",
     }
 
+    store_corpus(db)
+
     async def go(store: Store) -> dict[str, list[Any]]:
-        await ingest_files(Ingester(store, limits=Limits()), corpus_reports())
         return {
             name: [tuple(r) for r in await store.pool.fetch(sql, DOMAIN, *PERIOD)]
             for name, sql in queries.items()

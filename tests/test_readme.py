@@ -9,12 +9,11 @@ import pytest
 from rua_sink.core.errors import Reason
 from rua_sink.core.limits import Limits, parse_size
 
-from .conftest import ROOT
+from .conftest import ROOT, readme_table
 
 
 def _rows() -> dict[str, tuple[str, str]]:
-    text = (ROOT / "README.md").read_text()
-    table = text.split("<!-- limits-table")[1].split("\n\n")[0]
+    table = readme_table("limits")
     rows = {}
     for line in table.splitlines():
         m = re.match(r"\| `(\w+)` \| `(\w+)` \| ([^|]+) \|", line)

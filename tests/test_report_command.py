@@ -3,44 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections import Counter
 
-from rua_sink.core.limits import Limits
-from rua_sink.ingest import Ingester
-from rua_sink.store import Store
-
-from .test_queries import DOMAIN, PERIOD, parsed_records
-from .test_store import corpus_reports, ingest_files, with_store
+from .procs import cli
+from .storage import DOMAIN, PERIOD, parsed_records, store_corpus
 
 
 def test_report_agrees_with_the_parser(db: str) -> None:
-    async def go(store: Store) -> None:
-        await ingest_files(Ingester(store, limits=Limits()), corpus_reports())
-
-    with_store(db, go)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "rua_sink.cli",
-            "report",
-            DOMAIN.upper(),
-            "--since",
-            PERIOD[0].date().isoformat(),
-            "--until",
-            PERIOD[1].date().isoformat(),
-            "--top",
-            "100",
-            "--json",
-        ],
-        env={**os.environ, "RUA_SINK_DATABASE_URL": db},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
+    store_corpus(db)
+    done = cli(
+        "report",
+        DOMAIN.upper(),
+        *("--since", PERIOD[0].date().isoformat(), "--until", PERIOD[1].date().isoformat()),
+        *("--top", "100", "--json"),
+        env={"RUA_SINK_DATABASE_URL": db},
     )
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout)

@@ -5,18 +5,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import asyncpg
 import pytest
 
-from .conftest import ROOT
-from .pg import run
-
-sys.path.insert(0, str(ROOT / "bench"))
-from parse import build_email
+from .pg import fetch
+from .procs import CLI, proc_status
+from .reports import build_email
 
 RECORDS = 400_000
 RSS_LIMIT = 150 * 2**20
@@ -28,7 +24,7 @@ def test_400k_record_report_ingests_under_150_mb(db: str, tmp_path: Path) -> Non
     xml_bytes = build_email(path, RECORDS)
     assert xml_bytes > 250e6  # about 270 MB of XML, in a 12 MB email
     proc = subprocess.Popen(
-        [sys.executable, "-m", "rua_sink.cli", "ingest", "--json", str(path)],
+        [*CLI, "ingest", "--json", str(path)],
         env={**os.environ, "RUA_SINK_DATABASE_URL": db},
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -39,7 +35,7 @@ def test_400k_record_report_ingests_under_150_mb(db: str, tmp_path: Path) -> Non
     # this test process's.
     peak = 0
     while proc.poll() is None:
-        peak = max(peak, vm_hwm(proc.pid))
+        peak = proc_status(proc.pid) or peak  # VmHWM only grows; 0 once the child has gone
         time.sleep(0.05)
     with proc.stdout, proc.stderr:
         out = proc.stdout.read()
@@ -47,25 +43,5 @@ def test_400k_record_report_ingests_under_150_mb(db: str, tmp_path: Path) -> Non
     assert proc.returncode == 0, err
     summary = json.loads(out)
     assert summary["records"] == RECORDS and summary["reports_new"] == 1
-
-    async def rows() -> int:
-        conn = await asyncpg.connect(db)
-        try:
-            return int(await conn.fetchval("SELECT count(*) FROM aggregate_records"))
-        finally:
-            await conn.close()
-
-    assert run(rows()) == RECORDS
+    assert fetch(db, "SELECT count(*) AS n FROM aggregate_records")[0]["n"] == RECORDS
     assert 0 < peak <= RSS_LIMIT, f"peak RSS {peak / 2**20:.0f} MiB"
-
-
-def vm_hwm(pid: int) -> int:
-    """Peak resident set size of a running process, in bytes (0 once it has gone)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return 0
-    for line in status.splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0

@@ -11,7 +11,7 @@ import smtplib
 import socket
 import ssl
 import subprocess
-import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -20,17 +20,20 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import trustme
 
+from .conftest import ROOT, corpus, readme_table
 from .dnsserver import Zone
-from .pg import admin, scratch_database
-from .reports import TLS_JSON, gz, message, report_xml
+from .pg import admin, terminate_sessions
+from .procs import cli
+from .reports import TLS_JSON, gz, message, report_message, report_xml
 from .smtpserver import (
     MAX_BYTES,
     RUA,
     Server,
     deltas,
-    report_message,
     running,
+    running_alone,
     scrape,
     send,
     stored,
@@ -104,21 +107,24 @@ def test_dns_trouble_is_a_temporary_failure(server: Server) -> None:
 
 def test_no_report_in_the_message(server: Server) -> None:
     spam = b"From: a@spam.example\r\nSubject: buy now\r\n\r\nCheap watches.\r\n"
+    count = "SELECT count(*) AS n FROM raw_messages"
+    before = server.fetch(count)[0]["n"]
     code, reply = send(server, spam)
     assert (code, reply.split()[0]) == (550, "5.6.0")
-    assert server.fetch("SELECT 1 FROM raw_messages WHERE content_gzip IS NULL") == []
+    assert server.fetch(count)[0]["n"] == before  # refused, so nothing kept
 
 
 def test_broken_report_is_accepted_and_quarantined(server: Server) -> None:
     data = message((gz(report_xml(100, report_id="cut"))[:-50], "application/gzip", "c.xml.gz"))
+    quarantined = (
+        "SELECT count(*) AS n FROM raw_messages WHERE status = 'quarantined' "
+        "AND reason = 'truncated_archive'"
+    )
+    before = server.fetch(quarantined)[0]["n"]
     code, reply = send(server, data)
     assert code == 250
     assert "kept" in reply
-    rows = server.fetch(
-        "SELECT status, reason FROM raw_messages WHERE status = 'quarantined' "
-        "AND reason = 'truncated_archive'"
-    )
-    assert rows
+    assert server.fetch(quarantined)[0]["n"] == before + 1
     assert stored(server, "cut") == []
 
 
@@ -153,11 +159,8 @@ def test_health_and_readiness(server: Server) -> None:
 @pytest.fixture
 def own_server(server_url: str) -> Iterator[tuple[Server, str]]:
     """A server of its own on a database of its own, which the test may take away."""
-    with (
-        scratch_database(server_url, "rua_sink_outage") as (url, name),
-        running(url, RUA_SINK_UNAUTHORIZED="flag") as srv,
-    ):
-        yield srv, name
+    with running_alone(server_url, "rua_sink_outage", RUA_SINK_UNAUTHORIZED="flag") as alone:
+        yield alone
 
 
 def test_database_outage_is_451_then_stored_once(
@@ -168,8 +171,7 @@ def test_database_outage_is_451_then_stored_once(
     admin(
         server_url,
         f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - test's own name
-        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()",
+        terminate_sessions(name),
     )
     outage = [report_message(f"outage-{i}") for i in range(3)]
     for data in outage:
@@ -299,20 +301,7 @@ def test_sigterm_lets_a_delivery_in_flight_finish(database_url: str) -> None:
         assert len(stored(srv, "in-flight")) == 1
 
 
-def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "rua_sink.cli", *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def test_send_command_wraps_a_corpus_report(server: Server) -> None:
-    from .conftest import corpus
-
     path = corpus("georgestarcher__dmarcgo/testdata/fixtures/rfc9990-modern-synthetic.xml.gz")
     server.zone.txt["example.test._report._dmarc.rua.example.net"] = ["v=DMARC1"]
     done = cli("send", str(path), "--to", RUA, "--server", f"127.0.0.1:{server.smtp_port}")
@@ -329,8 +318,6 @@ def test_send_command_wraps_a_corpus_report(server: Server) -> None:
 
 
 def test_send_command_sends_a_corpus_message(server: Server) -> None:
-    from .conftest import corpus
-
     # An LF-only file from a mailbox export: sent with CRLF line ends.
     path = corpus("stalwartlabs__mail-auth/resources/dmarc-feedback/103.eml")
     server.zone.txt["stalw.art._report._dmarc.rua.example.net"] = ["v=DMARC1"]
@@ -352,8 +339,6 @@ def test_check_auth_command(dns_zone: tuple[Zone, str]) -> None:
 
 
 def test_starttls_offered_never_required(database_url: str, tmp_path: Path) -> None:
-    import trustme
-
     ca = trustme.CA()
     cert = ca.issue_cert("mx.rua.example.net", "127.0.0.1")
     chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
@@ -446,12 +431,11 @@ def test_metrics_count_what_happened(server: Server) -> None:
 
 
 def test_readme_metrics_table_matches_the_exposition(server: Server) -> None:
-    send(server, report_message("table-1"))
+    assert send(server, report_message("table-1"))[0] == 250
     tls = message((gz(TLS_JSON.replace(b"tls-1", b"tls-table")), "application/tlsrpt+gzip", "t.gz"))
-    send(server, tls)
+    assert send(server, tls)[0] == 250
     live = {name for name, _ in scrape(server)}
-    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    table = text.split("<!-- metrics-table")[1].split("\n\n")[0]
+    table = readme_table("metrics")
     documented = set(re.findall(r"^\| `(rua_sink_\w+)` \| (\w+) \|", table, re.M))
     for name, kind in documented:
         if kind == "histogram":
@@ -501,7 +485,7 @@ def test_dmarc_metrics_for_authorized_domains_only(own_server: tuple[Server, str
     assert flagged == 1  # stored, marked
 
 
-RULES = Path(__file__).resolve().parent.parent / "deploy" / "prometheus"
+RULES = ROOT / "deploy" / "prometheus"
 
 
 def promtool(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
@@ -520,7 +504,7 @@ def test_alert_rules_check_and_pass_their_tests() -> None:
 
 
 def test_rules_use_metrics_that_exist(server: Server) -> None:
-    send(server, report_message("rules-1"))
+    assert send(server, report_message("rules-1"))[0] == 250
     live = {name for name, _ in scrape(server)}
     used = set(re.findall(r"\b(rua_sink_\w+)", (RULES / "rules.yaml").read_text()))
     assert used
@@ -538,8 +522,6 @@ def test_exposition_passes_promtool_check_metrics(server: Server) -> None:
 def test_no_250_until_the_commit(server: Server) -> None:
     # While another transaction blocks writes to raw_messages, the delivery cannot commit:
     # no reply may come. Once the lock goes, the 250 comes, and the rows are there.
-    import threading
-
     async def hold(release: asyncio.Event, locked: threading.Event) -> None:
         conn = await asyncpg.connect(server.database_url)
         try:

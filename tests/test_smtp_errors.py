@@ -1,7 +1,7 @@
 """An internal error during a delivery is a 451 4.3.0 that says nothing of the error.
 
-The protocol (ReportSMTP) runs in-process here, on a loop of its own, with a handler whose
-delivery step fails as a bug would; the client is smtplib over TCP.
+The protocol (ReportSMTP) and its handler (ReportHandler) run in-process here, on a loop
+of their own, with an ingester that fails as a bug would; the client is smtplib over TCP.
 """
 
 from __future__ import annotations
@@ -10,24 +10,38 @@ import asyncio
 import smtplib
 import threading
 from collections.abc import Iterator
+from datetime import datetime
+from typing import IO
 
 import pytest
 
-from rua_sink.smtp import AddressPolicy, ReportHandler, ReportSMTP, Sessions, SpooledMessage
+from rua_sink.authz import Authorizer, make_resolver
+from rua_sink.core.limits import Limits
+from rua_sink.ingest import Authorize, Ingester, IngestResult
+from rua_sink.smtp import AddressPolicy, ReportHandler, ReportSMTP, Sessions
+from rua_sink.store import Envelope
 
 
-class FailingHandler(ReportHandler):
-    async def deliver(self, session: object, envelope: object, spooled: SpooledMessage) -> str:
+class BrokenIngester(Ingester):
+    async def ingest(
+        self,
+        file: IO[bytes],
+        envelope: Envelope,
+        *,
+        received_at: datetime | None = None,
+        authorize: Authorize | None = None,
+    ) -> IngestResult:
         raise RuntimeError("secret internal detail /etc/rua-sink")
 
 
 @pytest.fixture
 def port() -> Iterator[int]:
     loop = asyncio.new_event_loop()
-    handler = FailingHandler(
+    handler = ReportHandler(
         addresses=AddressPolicy(["dmarc@rua.example.net"]),
-        ingester=None,  # type: ignore[arg-type]  # never reached: deliver fails first
-        authorizer=None,  # type: ignore[arg-type]
+        # no store: ingest fails before it would use one
+        ingester=BrokenIngester(None, limits=Limits()),  # type: ignore[arg-type]
+        authorizer=Authorizer(resolver=make_resolver(["127.0.0.1:9"], 1), allow=["*"]),
         reject_unauthorized=True,
         max_recipients=5,
     )

@@ -3,62 +3,26 @@
 from __future__ import annotations
 
 import asyncio
-import io
+import json
 import os
 import subprocess
-import sys
-from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import asyncpg
 
 from rua_sink import migrate
 from rua_sink.core.limits import Limits
 from rua_sink.ingest import Ingester, IngestResult, Outcome
-from rua_sink.store import Envelope, Store, reporter_key
+from rua_sink.store import Store, reporter_key
 
-from .conftest import CORPUS
+from .conftest import CORPUS, INVALID_CASING_SPF_RESULTS
 from .pg import run, scratch_database
-from .reports import gz, message, report_xml
+from .procs import CLI, cli
+from .reports import gz, message, report_message, report_xml
+from .storage import ingest_bytes, ingest_files, with_store
 from .test_corpus import AGGREGATES, ARF, TLS
-
-T = TypeVar("T")
-
-
-async def _with_store(url: str, fn: Callable[[Store], Awaitable[T]], size: int = 4) -> T:
-    pool = await asyncpg.create_pool(url, min_size=1, max_size=size)
-    try:
-        store = Store(pool)
-        await store.load_partitions()
-        return await fn(store)
-    finally:
-        await pool.close()
-
-
-def with_store(url: str, fn: Callable[[Store], Awaitable[T]], size: int = 4) -> T:
-    return run(_with_store(url, fn, size))
-
-
-async def ingest_bytes(
-    ingester: Ingester, data: bytes, source: str = "smtp", when: datetime | None = None
-) -> IngestResult:
-    return await ingester.ingest(io.BytesIO(data), Envelope(source=source), received_at=when)
-
-
-async def ingest_files(ingester: Ingester, paths: Iterable[Path]) -> list[IngestResult]:
-    """Each file stored as a backfill stores it."""
-    results = []
-    for path in paths:
-        with path.open("rb") as f:
-            results.append(await ingester.ingest(f, Envelope(source=str(path))))
-    return results
-
-
-def corpus_reports() -> list[Path]:
-    """The corpus's emails and XML files: every aggregate report and the ARF emails."""
-    return sorted(CORPUS.rglob("*.eml")) + sorted(CORPUS.rglob("*.xml"))
 
 
 async def counts(store: Store) -> dict[str, int]:
@@ -129,16 +93,7 @@ def test_record_rows_keep_the_results(db: str) -> None:
 
     row = with_store(db, go)
     assert str(row["source_ip"]) == "42.42.42.42"
-    assert row["spf_results"] == [
-        "none",
-        "neutral",
-        "pass",
-        "fail",
-        "HardFail",
-        "softfail",
-        "temperror",
-        "permerror",
-    ]
+    assert row["spf_results"] == INVALID_CASING_SPF_RESULTS
     assert row["dkim_domains"] == [None] and row["dkim_results"] == ["fail"]
     assert (row["disposition"], row["dkim_aligned"], row["dmarc_pass"]) == (
         "quarantine",
@@ -306,7 +261,7 @@ def test_migrate_command_in_two_processes(db: str) -> None:
     env = {**os.environ, "RUA_SINK_DATABASE_URL": db}
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "rua_sink.cli", "migrate"],
+            [*CLI, "migrate"],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -341,9 +296,6 @@ def test_tls_and_failure_rows(db: str) -> None:
 
 
 def test_backfill_of_mbox_and_maildir(db: str, tmp_path: Path) -> None:
-    def report_message(rid: str) -> bytes:
-        return message((gz(report_xml(2, report_id=rid)), "application/gzip", f"{rid}.xml.gz"))
-
     mbox = tmp_path / "reports.mbox"
     with mbox.open("wb") as f:
         for rid in ("m1", "m2", "m3"):
@@ -354,18 +306,8 @@ def test_backfill_of_mbox_and_maildir(db: str, tmp_path: Path) -> None:
         (maildir / sub).mkdir(parents=True)
     (maildir / "cur" / "1.host:2,S").write_bytes(report_message("d1"))
     (maildir / "new" / "2.host").write_bytes(report_message("d2"))
-    env = {**os.environ, "RUA_SINK_DATABASE_URL": db}
-    proc = subprocess.run(
-        [sys.executable, "-m", "rua_sink.cli", "ingest", "--json", str(mbox), str(maildir)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    proc = cli("ingest", "--json", str(mbox), str(maildir), env={"RUA_SINK_DATABASE_URL": db})
     assert proc.returncode == 0, proc.stderr
-    import json
-
     summary = json.loads(proc.stdout)
     assert summary["messages"] == 5
     assert summary["reports_new"] == 5

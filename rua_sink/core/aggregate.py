@@ -467,30 +467,8 @@ class _Document:
 _TOP = frozenset(("record", "report_metadata", "policy_published", "version", "extension"))
 # Names inside the elements above: an element left open with one of these names means
 # the document is broken inside a record or its metadata, not around it.
-_KNOWN = _TOP | frozenset(
+_METADATA = frozenset(
     (
-        "feedback",
-        "row",
-        "source_ip",
-        "count",
-        "policy_evaluated",
-        "disposition",
-        "dkim",
-        "spf",
-        "reason",
-        "type",
-        "comment",
-        "identifiers",
-        "identities",
-        "header_from",
-        "envelope_from",
-        "envelope_to",
-        "auth_results",
-        "domain",
-        "selector",
-        "result",
-        "human_result",
-        "scope",
         "org_name",
         "email",
         "extra_contact_info",
@@ -502,6 +480,7 @@ _KNOWN = _TOP | frozenset(
         "generator",
     )
 )
+_KNOWN = _TOP | _METADATA | frozenset(_RECORD_CODES) | {"feedback"}
 # lxml reports "end" events only for these (any namespace, or none): the parser's C
 # code skips the ~25 other elements of a record, which the record's handler then reads
 # from the finished subtree.
@@ -565,7 +544,7 @@ def parse_aggregate(
             data = cleaner.feed(chunk)
         if root_closed:
             if data.strip():
-                _note(cleaner, "trailing_content")
+                cleaner.note("trailing_content")
             if final:
                 _close_after_root(parser, cleaner)
             continue
@@ -606,10 +585,7 @@ def parse_aggregate(
                     root = root if root is not None else _check_root(closed, doc)
                     root_closed = True
         except etree.XMLSyntaxError as exc:
-            if _namespace_errors_only(exc):
-                # libxml2 reports an undeclared prefix (a stray <xs:schema>) when the
-                # document ends, after every event was read: nothing was lost.
-                _note(cleaner, "undeclared_namespace_prefix")
+            if _undeclared_prefix_only(exc, cleaner):
                 root_closed = True
                 break
             if root_closed or _recoverable(exc, doc, cleaner, data, stream, lines_before):
@@ -663,23 +639,20 @@ def _close_after_root(parser: Any, cleaner: XmlCleaner) -> None:
     try:
         parser.close()
     except etree.XMLSyntaxError as exc:
-        # libxml2 reports an undeclared prefix (a stray <xs:schema>) when the document
-        # ends, after every event was read: nothing was lost.
-        if _namespace_errors_only(exc):
-            _note(cleaner, "undeclared_namespace_prefix")
-        else:
-            _note(cleaner, "trailing_content")
+        if not _undeclared_prefix_only(exc, cleaner):
+            cleaner.note("trailing_content")
 
 
-def _namespace_errors_only(exc: etree.XMLSyntaxError) -> bool:
+def _undeclared_prefix_only(exc: etree.XMLSyntaxError, cleaner: XmlCleaner) -> bool:
+    """Whether every error is an undeclared namespace prefix (a stray <xs:schema>), which
+    libxml2 reports when the document ends, after every event was read: nothing was
+    lost, and the repair is noted."""
     # lxml's error log is iterable; its stubs do not say so.
     errors = [e.domain for e in cast("Iterable[Any]", exc.error_log)]
-    return bool(errors) and all(d == _NS_DOMAIN for d in errors)
-
-
-def _note(cleaner: XmlCleaner, repair: str) -> None:
-    if repair not in cleaner.repairs:
-        cleaner.repairs.append(repair)
+    if errors and all(d == _NS_DOMAIN for d in errors):
+        cleaner.note("undeclared_namespace_prefix")
+        return True
+    return False
 
 
 def _recoverable(
@@ -711,5 +684,5 @@ def _recoverable(
         if _RECORD_AT.search(tail + chunk):
             return False
         tail = chunk[-16:]
-    _note(cleaner, "unclosed_element")
+    cleaner.note("unclosed_element")
     return True

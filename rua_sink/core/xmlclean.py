@@ -46,7 +46,8 @@ class XmlCleaner:
         self._check_utf8 = True
         self._carry = b""
 
-    def _note(self, repair: str) -> None:
+    def note(self, repair: str) -> None:
+        """Record a repair once, in the order repairs were first made."""
         if repair not in self.repairs:
             self.repairs.append(repair)
 
@@ -67,7 +68,7 @@ class XmlCleaner:
     def _drop_controls(self, chunk: bytes) -> bytes:
         kept = chunk.translate(None, _CTRL_BYTES)  # 4x faster than a regex search
         if len(kept) != len(chunk):
-            self._note("control_characters")
+            self.note("control_characters")
         return kept
 
     def flush(self) -> bytes:
@@ -115,12 +116,12 @@ class XmlCleaner:
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError:
-                self._note("invalid_utf8")
+                self.note("invalid_utf8")
                 data = data.decode("utf-8", "replace").encode("utf-8")
         return data
 
     def _fix(self, pattern: re.Pattern[bytes], repl: bytes, data: bytes, repair: str) -> bytes:
         fixed, n = pattern.subn(repl, data)
         if n:
-            self._note(repair)
+            self.note(repair)
         return fixed

@@ -12,28 +12,23 @@ from collections.abc import Iterator
 import asyncpg
 import pytest
 
-from ..pg import run, scratch_database
-from ..smtpserver import Server, report_message, running, send
+from ..pg import run, terminate_sessions
+from ..reports import report_message
+from ..smtpserver import Server, running_alone, send
 
 DELIVERIES = 500
 
 
 @pytest.fixture
 def fragile(server_url: str) -> Iterator[tuple[Server, str]]:
-    with (
-        scratch_database(server_url, "rua_sink_loss") as (url, name),
-        running(url) as srv,
-    ):
-        yield srv, name
+    with running_alone(server_url, "rua_sink_loss") as alone:
+        yield alone
 
 
 def test_deliveries_survive_database_loss(fragile: tuple[Server, str], server_url: str) -> None:
     srv, name = fragile
     stop = threading.Event()
-    kill = (
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "  # noqa: S608 - test's own name
-        f"WHERE datname = '{name}' AND pid <> pg_backend_pid()"
-    )
+    kill = terminate_sessions(name)
 
     async def chaos() -> None:
         conn = await asyncpg.connect(server_url)

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from ..smtpserver import Server, report_message, running, send, stored
+from ..reports import report_message
+from ..smtpserver import Server, running, send, stored
 
 PER_IP = 20
 ADDRESSES = 15  # 127.0.0.2 ... 127.0.0.16: Linux answers on all of 127/8
@@ -22,10 +23,9 @@ def busy(database_url: str) -> Iterator[Server]:
 
 
 def connect_from(server: Server, source: str) -> socket.socket:
-    s = socket.create_connection(
+    return socket.create_connection(
         ("127.0.0.1", server.smtp_port), timeout=10, source_address=(source, 0)
     )
-    return s
 
 
 def test_three_hundred_held_sessions(busy: Server) -> None:

@@ -1,0 +1,39 @@
+"""rua-sink as a subprocess: the command line, and memory readings of a running process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+#: ``rua-sink``, as the installed entry point runs it, for Popen.
+CLI = (sys.executable, "-m", "rua_sink.cli")
+
+
+def cli(
+    *args: str, env: Mapping[str, str] | None = None, timeout: float = 180
+) -> subprocess.CompletedProcess[str]:
+    """``rua-sink ARGS`` to its end, output captured as text; ``env`` adds to ours."""
+    return subprocess.run(
+        [*CLI, *args],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def proc_status(pid: int, field: str = "VmHWM") -> int:
+    """A memory figure of /proc/PID/status in bytes (VmHWM: the peak RSS of the process's
+    own memory map, VmRSS: now); 0 once the process has gone."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    for line in status.splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
