@@ -6,22 +6,37 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import Any
 
 import pytest
-from dnslib import QTYPE, RCODE, RR, TXT, DNSLabel, DNSRecord
+from dnslib import AAAA, MX, PTR, QTYPE, RCODE, RR, TXT, A, DNSLabel, DNSRecord
 from dnslib.server import BaseResolver, DNSError, DNSHandler, DNSLogger, DNSServer
 
 
 @dataclass
 class Zone:
-    """TXT records by name; names that answer SERVFAIL; names that never answer.
-    A name starting with ``*.`` matches any name below it, as DNS wildcards do."""
+    """TXT records by name, other records (A, AAAA, PTR, MX) by name and type; names that
+    answer SERVFAIL; names that never answer. A TXT name starting with ``*.`` matches any
+    name below it, as DNS wildcards do."""
 
     txt: dict[str, list[str]] = field(default_factory=dict)
+    #: (name, "A" | "AAAA" | "PTR" | "MX") -> values; an MX value is "preference host"
+    other: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     servfail: set[str] = field(default_factory=set)
     silent: set[str] = field(default_factory=set)
     ttl: int = 300
     queries: list[str] = field(default_factory=list)
+
+    def add(self, name: str, rtype: str, *values: str) -> None:
+        self.other.setdefault((name.lower().rstrip("."), rtype), []).extend(values)
+
+    def add_ptr(self, ip: str, name: str) -> None:
+        """A PTR record for ``ip`` (v4 or v6) naming ``name``."""
+        self.add(ip_address(ip).reverse_pointer, "PTR", name)
+
+    def exists(self, name: str) -> bool:
+        return self.lookup(name) is not None or any(n == name for n, _ in self.other)
 
     def lookup(self, name: str) -> list[str] | None:
         if name in self.txt:
@@ -48,15 +63,37 @@ class _Resolver(BaseResolver):  # type: ignore[misc]
             reply.header.rcode = RCODE.SERVFAIL
             return reply
         texts = self.zone.lookup(qname)
-        if texts is None:
+        qtype = QTYPE[request.q.qtype]
+        if not self.zone.exists(qname):
             reply.header.rcode = RCODE.NXDOMAIN
-        elif request.q.qtype == QTYPE.TXT:
-            for text in texts:
+        elif qtype == "TXT":
+            for text in texts or ():
                 chunks = [text[i : i + 255].encode() for i in range(0, len(text), 255)] or [b""]
                 reply.add_answer(
                     RR(DNSLabel(qname), QTYPE.TXT, rdata=TXT(chunks), ttl=self.zone.ttl)
                 )
+        else:
+            for value in self.zone.other.get((qname, qtype), ()):
+                reply.add_answer(
+                    RR(
+                        DNSLabel(qname),
+                        request.q.qtype,
+                        rdata=_rdata(qtype, value),
+                        ttl=self.zone.ttl,
+                    )
+                )
         return reply
+
+
+def _rdata(qtype: str, value: str) -> Any:
+    if qtype == "A":
+        return A(value)
+    if qtype == "AAAA":
+        return AAAA(value)
+    if qtype == "PTR":
+        return PTR(value)
+    preference, _, host = value.partition(" ")
+    return MX(host, int(preference))
 
 
 def _free_port() -> int:
