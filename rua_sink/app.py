@@ -6,6 +6,9 @@ One asyncio loop holds everything: the SMTP server (aiosmtpd's protocol through
 is current; 503 otherwise, so that Kubernetes stops sending mail to a pod that cannot
 commit).
 
+Sender identification (``senders``) runs beside them as a background task, which shutdown
+cancels first.
+
 SIGTERM or SIGINT: stop accepting, let sessions in flight finish within the grace period,
 then close. A message is either committed and answered 250, or not acknowledged at all.
 """
@@ -25,7 +28,9 @@ from .authz import Authorizer, make_resolver
 from .config import Settings
 from .database import ensure_database
 from .ingest import Ingester
+from .mailauth import AuthPolicy, MailAuthenticator
 from .metrics import Metrics
+from .senders import SenderIdentifier, ServiceMap
 from .smtp import AddressPolicy, ReportHandler, ReportSMTP, Sessions
 from .store import Store
 
@@ -41,15 +46,27 @@ class App:
     sessions: Sessions
     smtp_server: asyncio.Server | None = None
     http_server: asyncio.Server | None = None
+    #: Looks up the source addresses of stored reports, in a task of its own; its
+    #: ``notify`` takes the ids of new aggregate reports after their commit.
+    identifier: SenderIdentifier | None = None
+    identifying: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> App:
+        services = ServiceMap.load(settings.services_file)  # a broken file stops us here
         await ensure_database(database_url)
         pool = await asyncpg.create_pool(database_url, min_size=2, max_size=20)
         async with pool.acquire() as conn:
             await migrate.migrate(conn)
         store = Store(pool)
         await store.load_partitions()
+        identifier = SenderIdentifier(
+            pool=pool,
+            resolver=make_resolver(settings.dns_nameservers, settings.dns_timeout),
+            services=services,
+            concurrency=settings.identify_concurrency,
+            sweep_interval=settings.identify_interval,
+        )
         metrics = Metrics(
             max_domains=settings.metrics_max_domains,
             max_reporters=settings.metrics_max_reporters,
@@ -61,15 +78,27 @@ class App:
             observe=lambda result: lookups.labels(result).inc(),
         )
         handler = ReportHandler(
-            addresses=AddressPolicy(settings.addresses),
-            ingester=Ingester(store, limits=settings.limits, keep_non_reports=False),
+            addresses=AddressPolicy(settings.addresses + settings.failure_addresses),
+            ingester=Ingester(
+                store,
+                limits=settings.limits,
+                keep_non_reports=False,
+                failure_keep_body=settings.failure_keep_body,
+            ),
             authorizer=authorizer,
             reject_unauthorized=settings.unauthorized == "reject",
             max_recipients=settings.max_recipients,
             metrics=metrics,
+            authenticator=MailAuthenticator(
+                nameservers=settings.dns_nameservers,
+                timeout=settings.dns_timeout,
+                max_bytes=settings.auth_max_bytes,
+            ),
+            auth_policy=AuthPolicy(settings.require_authenticated),
+            on_stored=identifier.notify,
         )
         sessions = Sessions(settings.max_sessions, settings.max_sessions_per_ip)
-        return cls(settings, pool, store, handler, sessions)
+        return cls(settings, pool, store, handler, sessions, identifier=identifier)
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.settings.tls_cert:
@@ -102,6 +131,9 @@ class App:
         self.smtp_server = await loop.create_server(self._protocol, host, port)
         http_host, http_port = self.settings.http_listen
         self.http_server = await asyncio.start_server(self._http, http_host, http_port)
+        if self.identifier is not None:
+            self.identifying = asyncio.create_task(self.identifier.run(), name="identify")
+            self.identifying.add_done_callback(_identification_ended)
         log.info("listening", smtp=f"{host}:{port}", http=f"{http_host}:{http_port}")
 
     async def ready(self) -> bool:
@@ -141,6 +173,9 @@ class App:
             writer.close()
 
     async def shutdown(self) -> None:
+        if self.identifying is not None:  # background work: it gives way at once
+            self.identifying.cancel()
+            await asyncio.gather(self.identifying, return_exceptions=True)
         for server in (self.smtp_server, self.http_server):
             if server is not None:
                 server.close()
@@ -150,6 +185,13 @@ class App:
         except TimeoutError:
             log.warning("shutdown_grace_over", sessions_open=self.sessions.total)
         await self.pool.close()
+
+
+def _identification_ended(task: asyncio.Task[None]) -> None:
+    """Sender identification ends only when cancelled; anything else is a bug: logged,
+    and mail keeps being received without it."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("sender_identification_stopped", exc_info=task.exception())
 
 
 async def serve(settings: Settings, database_url: str) -> None:

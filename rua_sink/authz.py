@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -74,8 +75,22 @@ def organizational_domain(name: str) -> str:
 
 def make_resolver(nameservers: Iterable[str], timeout: float) -> dns.asyncresolver.Resolver:
     """A resolver on ``host[:port]`` nameservers, or the system's when none is given."""
+    return _configure(dns.asyncresolver.Resolver, nameservers, timeout)
+
+
+def make_sync_resolver(nameservers: Iterable[str], timeout: float) -> dns.resolver.Resolver:
+    """The same, for code that runs in a worker thread, with a cache of its own."""
+    resolver = _configure(dns.resolver.Resolver, nameservers, timeout)
+    resolver.cache = dns.resolver.LRUCache(10_000)
+    return resolver
+
+
+_R = TypeVar("_R", bound=dns.resolver.BaseResolver)
+
+
+def _configure(kind: type[_R], nameservers: Iterable[str], timeout: float) -> _R:
     servers = list(nameservers)
-    resolver = dns.asyncresolver.Resolver(configure=not servers)
+    resolver = kind(configure=not servers)
     if servers:
         resolver.nameservers = [_nameserver(s) for s in servers]
     resolver.timeout = timeout

@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import os
-import re
 import smtplib
 import sys
 import time
@@ -19,7 +18,7 @@ from typing import Any, TextIO
 
 import asyncpg
 
-from . import backfill, migrate
+from . import backfill, config, migrate
 from .core.limits import Limits
 from .database import DatabaseError, embedded, ensure_database, resolve_url
 from .ingest import Ingester, IngestResult, Outcome
@@ -152,15 +151,11 @@ def cmd_reprocess(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-_DURATION = re.compile(r"^(\d+)\s*(d|w|m|y)$")
-_DAYS = {"d": 1, "w": 7, "m": 30, "y": 365}
-
-
 def parse_duration(text: str) -> timedelta:
-    m = _DURATION.match(text.strip().lower())
-    if m is None:
-        raise argparse.ArgumentTypeError(f"not a duration (e.g. 400d, 12w, 18m, 2y): {text!r}")
-    return timedelta(days=int(m.group(1)) * _DAYS[m.group(2)])
+    try:
+        return config.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
 def _day(text: str) -> datetime:
@@ -187,15 +182,67 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
-    cutoff = datetime.now(UTC) - args.older_than
+def cmd_identify(args: argparse.Namespace, out: TextIO) -> int:
+    from .authz import make_resolver  # noqa: PLC0415
+    from .config import ConfigError, Settings  # noqa: PLC0415
+    from .senders import SenderIdentifier, ServiceMap  # noqa: PLC0415
+
+    try:
+        settings = Settings.from_env(os.environ)
+        services = ServiceMap.load(settings.services_file)
+    except ConfigError as exc:
+        print(f"rua-sink: {exc}", file=sys.stderr)
+        return 2
 
     async def run() -> dict[str, int]:
         async with open_store() as store:
-            return await store.prune(cutoff)
+            identifier = SenderIdentifier(
+                pool=store.pool,
+                resolver=make_resolver(settings.dns_nameservers, settings.dns_timeout),
+                services=services,
+                concurrency=settings.identify_concurrency,
+            )
+            relabelled = await identifier.relabel()
+            tally = await identifier.sweep(args.limit or sys.maxsize)
+            return {**tally.as_json(), "relabelled": relabelled}
 
     result = asyncio.run(run())
-    out.write(json.dumps({"cutoff": cutoff.isoformat(), **result}) + "\n")
+    if args.json:
+        out.write(json.dumps(result) + "\n")
+    else:
+        out.write(
+            f"{result['looked_up']} source addresses looked up: {result['named']} named "
+            f"({result['confirmed']} forward-confirmed, {result['labelled']} with a service), "
+            f"{result['unnamed']} without a name, {result['failed']} temporary DNS errors "
+            f"(tried again later); {result['relabelled']} labels changed by the mapping\n"
+        )
+    return 0
+
+
+def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
+    now = datetime.now(UTC)
+    cutoff = now - args.older_than
+    keep_failures = args.failure_older_than
+    if keep_failures is None:
+        setting = config.SETTINGS["failure_retention"]
+        keep_failures = parse_duration(os.environ.get(setting.env, setting.default))
+    failure_cutoff = now - keep_failures
+
+    async def run() -> dict[str, int]:
+        async with open_store() as store:
+            return await store.prune(cutoff, failure_cutoff)
+
+    result = asyncio.run(run())
+    out.write(
+        json.dumps(
+            {
+                "cutoff": cutoff.isoformat(),
+                "failure_cutoff": max(cutoff, failure_cutoff).isoformat(),
+                **result,
+            }
+        )
+        + "\n"
+    )
     return 0
 
 
@@ -221,11 +268,15 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
     except ConfigError as exc:
         print(f"rua-sink: {exc}", file=sys.stderr)
         return 2
-    if not settings.addresses:
+    if not settings.addresses and not settings.failure_addresses:
         print("rua-sink: set RUA_SINK_ADDRESSES to the report addresses to accept", file=sys.stderr)
         return 2
     url = resolve_url(os.environ)
-    asyncio.run(serve(settings, url))
+    try:
+        asyncio.run(serve(settings, url))
+    except ConfigError as exc:  # found while starting: the services file
+        print(f"rua-sink: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -335,6 +386,15 @@ def add_commands(sub: Any, limits_parent: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
+        "identify",
+        help="look up the PTR names and services of source addresses not looked up yet "
+        "or due again (backfilled reports)",
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="at most N addresses (default: all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_identify)
+
+    p = sub.add_parser(
         "prune", help="drop reports, record partitions and raw messages past retention"
     )
     p.add_argument(
@@ -343,6 +403,12 @@ def add_commands(sub: Any, limits_parent: argparse.ArgumentParser) -> None:
         required=True,
         metavar="DURATION",
         help="e.g. 400d, 56w, 18m, 2y",
+    )
+    p.add_argument(
+        "--failure-older-than",
+        type=parse_duration,
+        metavar="DURATION",
+        help="failure reports and their messages (default: RUA_SINK_FAILURE_RETENTION, 30d)",
     )
     p.set_defaults(func=cmd_prune)
 

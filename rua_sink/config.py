@@ -7,8 +7,10 @@ tests/test_config.py checks against this module.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
+from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
@@ -42,8 +44,29 @@ def _networks(text: str) -> tuple[IPv4Network | IPv6Network, ...]:
     return tuple(ip_network(n, strict=False) for n in _list(text))
 
 
+_DURATION = re.compile(r"^(\d+)\s*(d|w|m|y)$")
+_DAYS = {"d": 1, "w": 7, "m": 30, "y": 365}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``400d``, ``12w``, ``18m`` (30 days each), ``2y``."""
+    m = _DURATION.match(text.strip().lower())
+    if m is None:
+        raise ValueError(f"not a duration (e.g. 400d, 12w, 18m, 2y): {text!r}")
+    return timedelta(days=int(m.group(1)) * _DAYS[m.group(2)])
+
+
 def _word(text: str) -> str:
     return text.strip().lower()
+
+
+def _bool(text: str) -> bool:
+    word = _word(text)
+    if word in ("1", "true", "yes", "on"):
+        return True
+    if word in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"not true or false: {text!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +113,37 @@ SETTINGS: dict[str, Setting] = {
         "reject (550 5.7.1) or flag (store, marked) unauthorized reports",
         _word,
     ),
+    "require_authenticated": Setting(
+        "RUA_SINK_REQUIRE_AUTHENTICATED",
+        "flag",
+        "SPF, DKIM and DMARC of report mail: off (not checked), flag (checked and stored; "
+        "unsigned TLS reports quarantined) or reject (also 550 5.7.1 unless DMARC passes)",
+        _word,
+    ),
+    "auth_max_bytes": Setting(
+        "RUA_SINK_AUTH_MAX_BYTES",
+        "16m",
+        "messages up to this size have their DKIM signatures checked (in memory)",
+        parse_size,
+    ),
+    "failure_addresses": Setting(
+        "RUA_SINK_FAILURE_ADDRESSES",
+        "",
+        "failure report (ruf) addresses, comma-separated, as RUA_SINK_ADDRESSES",
+        _addresses,
+    ),
+    "failure_keep_body": Setting(
+        "RUA_SINK_FAILURE_KEEP_BODY",
+        "false",
+        "archive failure reports whole; by default the reported message's body is dropped",
+        _bool,
+    ),
+    "failure_retention": Setting(
+        "RUA_SINK_FAILURE_RETENTION",
+        "30d",
+        "rua-sink prune drops failure reports and their messages older than this",
+        parse_duration,
+    ),
     "tls_cert": Setting("RUA_SINK_TLS_CERT", "", "PEM certificate chain: enables STARTTLS"),
     "tls_key": Setting("RUA_SINK_TLS_KEY", "", "PEM private key of that certificate"),
     "proxy_protocol_from": Setting(
@@ -132,6 +186,23 @@ SETTINGS: dict[str, Setting] = {
         "seconds sessions in flight may finish after SIGTERM",
         float,
     ),
+    "services_file": Setting(
+        "RUA_SINK_SERVICES_FILE",
+        "",
+        "TOML file of sender services by host name suffix, over the shipped mapping",
+    ),
+    "identify_concurrency": Setting(
+        "RUA_SINK_IDENTIFY_CONCURRENCY",
+        "8",
+        "source addresses looked up at once (PTR and forward confirmation)",
+        parse_size,
+    ),
+    "identify_interval": Setting(
+        "RUA_SINK_IDENTIFY_INTERVAL",
+        "300",
+        "seconds between sweeps for source addresses not looked up yet or due again",
+        float,
+    ),
 }
 
 
@@ -147,6 +218,11 @@ class Settings:
     dns_timeout: float
     authorized_domains: tuple[str, ...]
     unauthorized: str
+    require_authenticated: str
+    auth_max_bytes: int
+    failure_addresses: tuple[str, ...]
+    failure_keep_body: bool
+    failure_retention: timedelta
     tls_cert: str
     tls_key: str
     proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...]
@@ -158,6 +234,9 @@ class Settings:
     idle_timeout: float
     data_timeout: float
     shutdown_grace: float
+    services_file: str
+    identify_concurrency: int
+    identify_interval: float
     limits: Limits
 
     @classmethod
@@ -176,13 +255,15 @@ class Settings:
     def validate(self) -> None:
         if self.unauthorized not in ("reject", "flag"):
             raise ConfigError("RUA_SINK_UNAUTHORIZED must be reject or flag")
+        if self.require_authenticated not in ("off", "flag", "reject"):
+            raise ConfigError("RUA_SINK_REQUIRE_AUTHENTICATED must be off, flag or reject")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("RUA_SINK_TLS_CERT and RUA_SINK_TLS_KEY go together")
-        for address in self.addresses:
+        for address in self.addresses + self.failure_addresses:
             local, at, dom = address.rpartition("@")
             if not at or not local or not dom:
                 raise ConfigError(f"not an address or *@domain: {address!r}")
-        for name in ("dns_timeout", "idle_timeout", "data_timeout"):
+        for name in ("dns_timeout", "idle_timeout", "data_timeout", "identify_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
 

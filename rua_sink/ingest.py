@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import gzip
+import hashlib
 import io
 import itertools
 import tempfile
@@ -23,13 +24,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import IO, Any
 
 from .copytext import record_line, report_prefix
-from .core.errors import NotAReport, Reason, RuaSinkError
+from .core.errors import NotAReport, Reason, RuaSinkError, UnsignedReport
 from .core.limits import Limits
 from .core.model import (
     AggregateEnd,
@@ -42,6 +43,7 @@ from .core.model import (
     TlsReport,
 )
 from .core.pipeline import parse_stream
+from .mailauth import AuthUnavailable, MailAuth
 from .store import (
     Conn,
     Envelope,
@@ -72,6 +74,8 @@ class IngestResult:
     reason: Reason | None = None
     detail: str | None = None
     reports: list[str] = field(default_factory=list)  # "type:report_id" of new ones
+    #: Row ids of the new aggregate reports (their sources are looked up after commit)
+    aggregate_report_ids: list[int] = field(default_factory=list)
     #: (report type, outcome) -> count; type "unknown" for parts that failed to parse
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     #: Messages reported in the new aggregate reports, by (policy domain or None when the
@@ -170,11 +174,15 @@ class Ingester:
         limits: Limits,
         copy_batch: int = 10000,
         keep_non_reports: bool = True,
+        failure_keep_body: bool = False,
     ) -> None:
         self.store = store
         self.limits = limits
         self.copy_batch = copy_batch
         self.keep_non_reports = keep_non_reports
+        #: Archive a failure report's message whole, the reported message's body too
+        #: (RFC 9991 7: by default only its header fields are kept).
+        self.failure_keep_body = failure_keep_body
 
     async def ingest(
         self,
@@ -201,9 +209,7 @@ class Ingester:
                         if raw_id is None:
                             result = IngestResult(Outcome.DUPLICATE, None)
                         else:
-                            result = await self._process(
-                                conn, raw_id, file, _name(envelope), authorize
-                            )
+                            result = await self._process(conn, raw_id, file, envelope, authorize)
                         if result.outcome is Outcome.NOT_A_REPORT and not self.keep_non_reports:
                             raise _Discard(result)
                     except BaseException:
@@ -234,9 +240,7 @@ class Ingester:
                 try:
                     async with self.store.pool.acquire() as conn, conn.transaction():
                         await self.store.clear_reports(conn, raw_id)
-                        return await self._process(
-                            conn, raw_id, spool, _name(envelope), reprocessing=True
-                        )
+                        return await self._process(conn, raw_id, spool, envelope, reprocessing=True)
                 except MissingPartition as missing:
                     await self.store.create_partition(missing.month)
         raise RuntimeError("a message needed more than 24 new monthly partitions")
@@ -246,13 +250,14 @@ class Ingester:
         conn: Conn,
         raw_id: int,
         file: IO[bytes],
-        name: str | None,
+        envelope: Envelope,
         authorize: Authorize | None = None,
         *,
         reprocessing: bool = False,
     ) -> IngestResult:
         result = IngestResult(Outcome.STORED, raw_id)
-        run = _Run(self, conn, result, authorize)
+        run = _Run(self, conn, result, authorize, envelope.auth)
+        name = _name(envelope)
         status, reason, detail = "stored", None, None
         limits = self.limits
         try:
@@ -295,6 +300,10 @@ class Ingester:
         result.detail = detail
         if status != "stored" or reprocessing:  # a new raw message is inserted as stored
             await self.store.set_status(conn, raw_id, status, reason, detail)
+        if run.failure_reports and not self.failure_keep_body:
+            file.seek(0)
+            copy = redacted_copy(_header_lines(file), run.failure_reports[0])
+            await self.store.redact_raw(conn, raw_id, gzip.compress(copy, mtime=0))
         return result
 
 
@@ -325,10 +334,18 @@ class _Run:
     """What one message's event stream does to its transaction."""
 
     def __init__(
-        self, ingester: Ingester, conn: Conn, result: IngestResult, authorize: Authorize | None
+        self,
+        ingester: Ingester,
+        conn: Conn,
+        result: IngestResult,
+        authorize: Authorize | None,
+        auth: MailAuth | None,
     ) -> None:
         self.ingester = ingester
         self.authorize = authorize
+        self.auth = auth
+        self.authenticated = None if auth is None else auth.authenticated
+        self.failure_reports: list[FailureReport] = []
         self.store = ingester.store
         self.conn = conn
         self.result = result
@@ -377,31 +394,56 @@ class _Run:
                 self.failures.append(ev)
                 self.result.counts[("unknown", "quarantined")] += 1
             elif isinstance(ev, TlsReport):
-                domains = tuple(sorted({p.policy_domain for p in ev.policies if p.policy_domain}))
-                verdict = None
-                if self.authorize is not None:
-                    verdict = await self.authorize(ReportType.TLSRPT, domains)
-                async with self.conn.transaction():
-                    raw_id = self.result.raw_message_id or 0
-                    new = await self.store.insert_tls(self.conn, raw_id, ev, verdict)
-                self._count(
-                    ReportType.TLSRPT, new, ev.report_id, flagged=verdict == "not_authorized"
-                )
-                if new:
-                    allowed = verdict != "not_authorized"
-                    for policy in ev.policies:
-                        domain = policy.policy_domain if allowed else None
-                        self.result.tls_sessions[(domain, "success")] += policy.success_count
-                        self.result.tls_sessions[(domain, "failure")] += policy.failure_count
+                await self.tls(ev)
             elif isinstance(ev, FailureReport):
-                await self.store.insert_failure(self.conn, self.result.raw_message_id or 0, ev)
-                self._count(ReportType.FAILURE, True, ev.feedback_type)
+                await self.failure(ev)
+
+    async def tls(self, ev: TlsReport) -> None:
+        if self.auth is not None:
+            # RFC 8460 3: a report without a valid DKIM signature of the reporting domain
+            # (its From domain, or that of its contact address) is ignored.
+            contact = (ev.contact_info or "").rpartition("@")[2]
+            if not self.auth.signed_by((self.auth.from_domain or "", contact)):
+                if self.auth.dkim_temporary:
+                    raise AuthUnavailable("DKIM key lookup failed")
+                self.failures.append(
+                    PartFailed(ev.part, UnsignedReport("no valid DKIM signature of the reporter"))
+                )
+                self.result.counts[(str(ReportType.TLSRPT), "quarantined")] += 1
+                return
+        domains = tuple(sorted({p.policy_domain for p in ev.policies if p.policy_domain}))
+        verdict = None
+        if self.authorize is not None:
+            verdict = await self.authorize(ReportType.TLSRPT, domains)
+        async with self.conn.transaction():
+            raw_id = self.result.raw_message_id or 0
+            new = await self.store.insert_tls(self.conn, raw_id, ev, verdict, self.authenticated)
+        self._count(ReportType.TLSRPT, new, ev.report_id, flagged=verdict == "not_authorized")
+        if new:
+            allowed = verdict != "not_authorized"
+            for policy in ev.policies:
+                domain = policy.policy_domain if allowed else None
+                self.result.tls_sessions[(domain, "success")] += policy.success_count
+                self.result.tls_sessions[(domain, "failure")] += policy.failure_count
+
+    async def failure(self, ev: FailureReport) -> None:
+        if not self.ingester.failure_keep_body:
+            ev = without_body(ev)
+        # RFC 9991 5: ruf destinations are authorized as rua ones are. A report that
+        # names no domain cannot be checked, and is kept without a verdict.
+        verdict = None
+        if self.authorize is not None and ev.reported_domains:
+            verdict = await self.authorize(ReportType.FAILURE, ev.reported_domains)
+        raw_id = self.result.raw_message_id or 0
+        new = await self.store.insert_failure(self.conn, raw_id, ev, verdict, self.authenticated)
+        self.failure_reports.append(ev)
+        self._count(ReportType.FAILURE, new, ev.feedback_type, flagged=verdict == "not_authorized")
 
     async def whole(self, head: AggregateReport, records: list[Event], end: AggregateEnd) -> None:
         verdict = await self._head(head)
         raw_id = self.result.raw_message_id or 0
         report = await self.store.insert_aggregate(
-            self.conn, raw_id, head, self.reporter, verdict, end
+            self.conn, raw_id, head, self.reporter, verdict, end, self.authenticated
         )
         if report is None:
             self._count(ReportType.AGGREGATE, False, head.metadata.report_id)
@@ -414,6 +456,7 @@ class _Run:
                 self.tally[(r.disposition, r.dkim, r.spf)] += r.count
         if lines:
             await self.store.copy_lines(self.conn, lines, self.month)
+        self.result.aggregate_report_ids.append(report)
         self._stored(end)
 
     def _stored(self, end: AggregateEnd) -> None:
@@ -468,7 +511,7 @@ class _Run:
         await self.savepoint.start()
         raw_id = self.result.raw_message_id or 0
         self.report = await self.store.insert_aggregate(
-            self.conn, raw_id, head, self.reporter, verdict
+            self.conn, raw_id, head, self.reporter, verdict, authenticated=self.authenticated
         )
         if self.report is not None:
             self.prefix = report_prefix(self.report, self.begin_at, self.domain, self.reporter)
@@ -489,6 +532,7 @@ class _Run:
         await self.store.finish_aggregate(self.conn, self.report, end)
         await self.savepoint.commit()
         self.savepoint = None
+        self.result.aggregate_report_ids.append(self.report)
         self.report = None
         self._stored(end)
 
@@ -500,3 +544,57 @@ class _Run:
             await self.savepoint.rollback()
             self.savepoint = None
         self.report = None
+
+
+def _header_lines(file: IO[bytes], cap: int = 256 * 1024) -> list[bytes]:
+    """The message's own header block, line by line, up to ``cap`` bytes."""
+    lines: list[bytes] = []
+    total = 0
+    for line in file:
+        if line in (b"\r\n", b"\n") or total + len(line) > cap:
+            break
+        lines.append(line.rstrip(b"\r\n"))
+        total += len(line)
+    return lines
+
+
+#: Feedback fields that carry the reported message's body (RFC 6591 3.1)
+_BODY_FIELDS = frozenset(("dkim-canonicalized-body",))
+
+
+def without_body(report: FailureReport) -> FailureReport:
+    """The report without the fields that quote the reported message's body."""
+    fields = tuple(f for f in report.fields if f[0].lower() not in _BODY_FIELDS)
+    return report if len(fields) == len(report.fields) else replace(report, fields=fields)
+
+
+_MIME_FIELDS = (b"content-type:", b"content-transfer-encoding:", b"mime-version:")
+
+
+def redacted_copy(headers: list[bytes], report: FailureReport) -> bytes:
+    """What the archive keeps of a failure report's message (RFC 9991 7, RFC 6590): its
+    own header fields and an ARF body with the feedback fields and the reported
+    message's header fields, but not that message's body. It parses to the same report."""
+    kept: list[bytes] = []
+    skipping = False
+    for line in headers:
+        if line[:1] in (b" ", b"\t"):
+            if not skipping:
+                kept.append(line)
+            continue
+        skipping = line.lower().startswith(_MIME_FIELDS)
+        if not skipping:
+            kept.append(line)
+    fields = "\r\n".join(f"{k}: {v}" for k, v in report.fields)
+    original = (report.original_headers or "").replace("\r\n", "\n").replace("\n", "\r\n")
+    boundary = "rua-sink-redacted-" + hashlib.sha256(fields.encode()).hexdigest()[:16]
+    body = (
+        f"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; "
+        f'boundary="{boundary}"\r\n\r\n'
+        f"--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+        "The reported message's body was removed on receipt; its header fields are kept.\r\n"
+        f"--{boundary}\r\nContent-Type: message/feedback-report\r\n\r\n{fields}\r\n"
+        f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n{original.rstrip()}\r\n"
+        f"--{boundary}--\r\n"
+    )
+    return b"\r\n".join(kept) + b"\r\n" + body.encode("utf-8", "surrogateescape")

@@ -24,6 +24,7 @@ class ReplyReason(StrEnum):
     QUARANTINED = "quarantined"
     NOT_A_REPORT = "not_a_report"
     UNAUTHORIZED = "unauthorized"
+    UNAUTHENTICATED = "unauthenticated"
     DNS_UNAVAILABLE = "dns_unavailable"
     DATABASE_UNAVAILABLE = "database_unavailable"
     INTERNAL_ERROR = "internal_error"
@@ -133,8 +134,9 @@ class Metrics:
         )
         self.reports = Counter(
             "rua_sink_reports_total",
-            "Reports by type (aggregate, tlsrpt, failure) and outcome",
-            ["type", "outcome"],
+            "Reports by type (aggregate, tlsrpt, failure), outcome, and whether their mail "
+            "passed DMARC (yes, no, unchecked)",
+            ["type", "outcome", "authenticated"],
             registry=r,
         )
         self.records = Counter(

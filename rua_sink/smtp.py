@@ -8,6 +8,8 @@ SIZE= or DATA over the limit                            552 5.3.4
 database unreachable, commit failed                     451 4.3.0
 DNS temporary error during the authorization check      451 4.4.3
 report for a domain that has not authorized us          550 5.7.1 (or stored, flagged)
+mail failing DMARC, RUA_SINK_REQUIRE_AUTHENTICATED=reject 550 5.7.1 (451 4.4.3: DNS failed)
+TLS report without a DKIM signature of its reporter     250, quarantined (RFC 8460 3)
 no report-like part at all                              550 5.6.0
 report-like part that fails to decompress or parse      250, quarantined
 duplicate of a stored report                            250, stored once
@@ -33,7 +35,7 @@ import re
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import IO, Any
@@ -46,6 +48,7 @@ from . import logs
 from .authz import Authorization, AuthorizationUnavailable, Authorizer, Verdict
 from .core.model import ReportType
 from .ingest import Ingester, Outcome
+from .mailauth import AuthPolicy, AuthUnavailable, MailAuth, MailAuthenticator
 from .metrics import Metrics, ReplyReason
 from .store import Envelope as Arrival
 
@@ -56,6 +59,7 @@ REPLY_DUPLICATE = "250 2.0.0 Report already received, accepted"
 REPLY_QUARANTINED = "250 2.0.0 Accepted; the report could not be parsed and is kept for review"
 REPLY_NOT_A_REPORT = "550 5.6.0 No DMARC or TLS report found in this message"
 REPLY_UNAUTHORIZED = "550 5.7.1 The report's domain has not authorized this destination"
+REPLY_UNAUTHENTICATED = "550 5.7.1 The report's mail failed DMARC authentication"
 REPLY_DNS = "451 4.4.3 Temporary DNS failure checking authorization, try again later"
 REPLY_TEMPORARY = "451 4.3.0 Temporary failure, try again later"
 REPLY_TOO_BIG = "552 5.3.4 Message size exceeds the maximum"
@@ -127,8 +131,16 @@ class ReportHandler:
         reject_unauthorized: bool,
         max_recipients: int,
         metrics: Metrics | None = None,
+        authenticator: MailAuthenticator | None = None,
+        auth_policy: AuthPolicy = AuthPolicy.OFF,
+        on_stored: Callable[[Sequence[int]], object] = lambda ids: None,
     ) -> None:
         self.metrics = metrics or Metrics()
+        #: Told the ids of new aggregate reports once committed; must not wait.
+        self.on_stored = on_stored
+        #: SPF, DKIM and DMARC of each message; not checked under AuthPolicy.OFF
+        self.authenticator = authenticator if auth_policy is not AuthPolicy.OFF else None
+        self.auth_policy = auth_policy
         self.addresses = addresses
         self.ingester = ingester
         self.authorizer = authorizer
@@ -191,23 +203,39 @@ class ReportHandler:
                 return str(Verdict.NOT_AUTHORIZED)
             return str(best.verdict)
 
+        peer_ip = client_address(session)
+        bound = log.bind(peer=peer_ip, mail_from=envelope.mail_from, rcpt_to=rcpt_addresses)
+        m = self.metrics
+        auth: MailAuth | None = None
+        if self.authenticator is not None:
+            auth = await self.authenticator.check(
+                spooled.file,
+                peer_ip=peer_ip,
+                mail_from=envelope.mail_from,
+                helo=session.host_name or None,
+            )
+            if self.auth_policy is AuthPolicy.REJECT and not auth.authenticated:
+                bound.info("refused_not_authenticated", dmarc=auth.dmarc, spf=auth.spf)
+                if auth.dmarc == "temperror":
+                    return self._reply(REPLY_DNS, ReplyReason.DNS_UNAVAILABLE)
+                return self._reply(REPLY_UNAUTHENTICATED, ReplyReason.UNAUTHENTICATED)
         arrival = Arrival(
             source="smtp",
-            peer_ip=client_address(session),
+            peer_ip=peer_ip,
             helo=session.host_name or None,
             mail_from=envelope.mail_from,
             rcpt_to=rcpt_addresses,
+            auth=auth,
         )
-        bound = log.bind(peer=arrival.peer_ip, mail_from=envelope.mail_from, rcpt_to=rcpt_addresses)
-        m = self.metrics
+        authenticated = "unchecked" if auth is None else ("yes" if auth.authenticated else "no")
         started = time.perf_counter()
         try:
             result = await self.ingester.ingest(spooled.file, arrival, authorize=authorize)
         except NotAuthorized as exc:
             bound.info("refused_not_authorized", domains=str(exc))
-            m.reports.labels(str(exc.kind), "rejected").inc()
+            m.reports.labels(str(exc.kind), "rejected", authenticated).inc()
             return self._reply(REPLY_UNAUTHORIZED, ReplyReason.UNAUTHORIZED)
-        except AuthorizationUnavailable as exc:
+        except (AuthorizationUnavailable, AuthUnavailable) as exc:
             bound.warning("authorization_unavailable", error=str(exc))
             return self._reply(REPLY_DNS, ReplyReason.DNS_UNAVAILABLE)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
@@ -225,14 +253,17 @@ class ReportHandler:
             records=result.records,
             reason=str(result.reason) if result.reason else None,
             size=spooled.size,
+            dmarc=auth.dmarc if auth else None,
         )
         for (kind, outcome), count in result.counts.items():
-            m.reports.labels(kind, outcome).inc(count)
+            m.reports.labels(kind, outcome, authenticated).inc(count)
         m.records.inc(result.records)
         m.stage.labels("commit").observe(result.commit_seconds)
         m.stage.labels("parse").observe(result.parse_seconds)
         m.decompressed_bytes.inc(result.document_bytes)
         m.dmarc(result.dmarc, result.last_report, result.tls_sessions)
+        if result.aggregate_report_ids:
+            self.on_stored(result.aggregate_report_ids)
         if result.outcome is Outcome.NOT_A_REPORT:
             return self._reply(REPLY_NOT_A_REPORT, ReplyReason.NOT_A_REPORT)
         if result.outcome is Outcome.QUARANTINED:

@@ -23,6 +23,7 @@ import asyncpg.pool
 from . import __version__
 from .copytext import is_inet
 from .core.model import AggregateEnd, AggregateReport, FailureReport, TlsReport
+from .mailauth import MailAuth
 
 if TYPE_CHECKING:
     #: A connection, or one borrowed from a pool (the stubs make both generic).
@@ -67,6 +68,12 @@ class Envelope:
     helo: str | None = None
     mail_from: str | None = None
     rcpt_to: tuple[str, ...] = ()
+    #: SPF, DKIM and DMARC of the message itself; None when not checked
+    auth: MailAuth | None = None
+
+    @property
+    def authenticated(self) -> bool | None:
+        return None if self.auth is None else self.auth.authenticated
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,11 +184,17 @@ class Store:
         conn: Conn, raw: RawMessage, envelope: Envelope, received_at: datetime
     ) -> int | None:
         """The raw message, once per digest; None if these exact bytes are stored already."""
+        auth = envelope.auth
+        dkim = auth.dkim if auth else ()
         value: int | None = await conn.fetchval(
             """
             INSERT INTO raw_messages (sha256, size_bytes, received_at, peer_ip, helo, mail_from,
-                                      rcpt_to, source, content_gzip, status, parser_version)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'stored', $10)
+                                      rcpt_to, source, content_gzip, status, parser_version,
+                                      auth_from_domain, auth_spf, auth_spf_domain,
+                                      auth_dkim_domains, auth_dkim_selectors, auth_dkim_results,
+                                      auth_dkim_aligned, auth_spf_aligned, auth_dmarc)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'stored', $10, $11, $12, $13, $14, $15,
+                    $16, $17, $18, $19)
             ON CONFLICT (sha256) DO NOTHING
             RETURNING id
             """,
@@ -195,8 +208,26 @@ class Store:
             envelope.source,
             raw.content_gzip,
             __version__,
+            auth.from_domain if auth else None,
+            auth.spf if auth else None,
+            auth.spf_domain if auth else None,
+            [c.domain for c in dkim],
+            [c.selector for c in dkim],
+            [c.result for c in dkim],
+            auth.dkim_aligned if auth else None,
+            auth.spf_aligned if auth else None,
+            auth.dmarc if auth else None,
         )
         return value
+
+    @staticmethod
+    async def redact_raw(conn: Conn, raw_id: int, content_gzip: bytes) -> None:
+        """Replace the archived message with a copy that leaves out private content."""
+        await conn.execute(
+            "UPDATE raw_messages SET content_gzip = $2, redacted = true WHERE id = $1",
+            raw_id,
+            content_gzip,
+        )
 
     @staticmethod
     async def set_status(
@@ -223,6 +254,7 @@ class Store:
         reporter: str,
         authorization: str | None = None,
         end: AggregateEnd | None = None,
+        authenticated: bool | None = None,
     ) -> int | None:
         """The report's row, or None if the same report is stored already (RFC 9990 3.5.4:
         a duplicate is accepted and kept once)."""
@@ -233,9 +265,10 @@ class Store:
                 raw_message_id, reporter, report_id, policy_domain, begin_at, end_at, org_name,
                 email, extra_contact_info, generator, errors, schema, version, adkim, aspf, p,
                 sp, np, pct, fo, testing, discovery_method, extensions, record_count,
-                message_count, part_filename, part_layers, authz_verdict, repairs)
+                message_count, part_filename, part_layers, authz_verdict, repairs,
+                authenticated)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                    $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29)
+                    $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)
             ON CONFLICT ON CONSTRAINT aggregate_reports_dedup DO NOTHING
             RETURNING id
             """,
@@ -268,6 +301,7 @@ class Store:
             list(head.part.layers),
             authorization,
             list(end.repairs) if end else [],
+            authenticated,
         )
         return value
 
@@ -297,15 +331,19 @@ class Store:
 
     @staticmethod
     async def insert_tls(
-        conn: Conn, raw_id: int, report: TlsReport, authorization: str | None = None
+        conn: Conn,
+        raw_id: int,
+        report: TlsReport,
+        authorization: str | None = None,
+        authenticated: bool | None = None,
     ) -> bool:
         """Store a TLS report with its policies and failure details; False if a duplicate."""
         report_row: int | None = await conn.fetchval(
             """
             INSERT INTO tls_reports (raw_message_id, reporter, report_id, begin_at, end_at,
                                      org_name, contact_info, success_count, failure_count,
-                                     part_filename, authz_verdict)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
+                                     part_filename, authz_verdict, authenticated)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
             ON CONFLICT ON CONSTRAINT tls_reports_dedup DO NOTHING
             RETURNING id
             """,
@@ -320,6 +358,7 @@ class Store:
             report.failure_count,
             report.part.filename,
             authorization,
+            authenticated,
         )
         if report_row is None:
             return False
@@ -365,16 +404,27 @@ class Store:
         return True
 
     @staticmethod
-    async def insert_failure(conn: Conn, raw_id: int, report: FailureReport) -> None:
-        await conn.execute(
+    async def insert_failure(
+        conn: Conn,
+        raw_id: int,
+        report: FailureReport,
+        authorization: str | None = None,
+        authenticated: bool | None = None,
+    ) -> bool:
+        """Store a failure report (one per message, RFC 5965 2); False if stored before."""
+        value: int | None = await conn.fetchval(
             """
             INSERT INTO failure_reports (
                 raw_message_id, feedback_type, version, user_agent, auth_failure,
                 delivery_result, identity_alignment, reported_domains, source_ip, arrival_date,
                 original_mail_from, original_rcpt_to, authentication_results, dkim_domain,
-                dkim_selector, fields, original_headers)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+                dkim_selector, fields, original_headers, authz_verdict, authenticated,
+                alignment_spec, alignment_failed, dkim_identity, spf_dns, original_envelope_id,
+                reporting_mta, incidents, arrived_at)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)
             ON CONFLICT ON CONSTRAINT failure_reports_once DO NOTHING
+            RETURNING id
             """,
             raw_id,
             report.feedback_type,
@@ -393,7 +443,18 @@ class Store:
             report.dkim_selector,
             json.dumps([list(f) for f in report.fields]),
             report.original_headers,
+            authorization,
+            authenticated,
+            report.alignment_spec,
+            None if report.alignment_failed is None else list(report.alignment_failed),
+            report.dkim_identity,
+            report.spf_dns,
+            report.original_envelope_id,
+            report.reporting_mta,
+            report.incidents,
+            None if report.arrived_at is None else epoch(report.arrived_at),
         )
+        return value is not None
 
     # -- maintenance ------------------------------------------------------------------
 
@@ -405,7 +466,9 @@ class Store:
     async def raw_content(self, raw_id: int) -> tuple[bytes, Envelope, datetime]:
         row = await self.pool.fetchrow(
             "SELECT content_gzip, source, host(peer_ip) AS peer_ip, helo, mail_from, rcpt_to, "
-            "received_at FROM raw_messages WHERE id = $1",
+            "received_at, auth_from_domain, auth_spf, auth_spf_domain, auth_dkim_domains, "
+            "auth_dkim_selectors, auth_dkim_results, auth_dkim_aligned, auth_spf_aligned, "
+            "auth_dmarc FROM raw_messages WHERE id = $1",
             raw_id,
         )
         if row is None:
@@ -416,6 +479,7 @@ class Store:
             helo=row["helo"],
             mail_from=row["mail_from"],
             rcpt_to=tuple(row["rcpt_to"]),
+            auth=MailAuth.from_row(row),
         )
         return row["content_gzip"], envelope, row["received_at"]
 
@@ -436,9 +500,12 @@ class Store:
         await conn.execute("DELETE FROM tls_reports WHERE raw_message_id = $1", raw_id)
         await conn.execute("DELETE FROM failure_reports WHERE raw_message_id = $1", raw_id)
 
-    async def prune(self, cutoff: datetime) -> dict[str, int]:
+    async def prune(
+        self, cutoff: datetime, failure_cutoff: datetime | None = None
+    ) -> dict[str, int]:
         """Drop record partitions that end before ``cutoff``, and older reports and raw
-        messages."""
+        messages; failure reports (which carry personal data, RFC 9991 7) and their raw
+        messages go at ``failure_cutoff`` when that is sooner."""
         await self.load_partitions()
         dropped = 0
         for month in sorted(self._partitions):
@@ -455,6 +522,15 @@ class Store:
                 sql = f"WITH d AS (DELETE FROM {table} WHERE {column} < $1 RETURNING 1) "  # noqa: S608
                 return int(await conn.fetchval(sql + "SELECT count(*) FROM d", cutoff))  # noqa: S608
 
+            failures_before = max(cutoff, failure_cutoff or cutoff)
+            failures = int(
+                await conn.fetchval(
+                    "WITH d AS (DELETE FROM raw_messages WHERE id IN (SELECT raw_message_id "
+                    "FROM failure_reports WHERE stored_at < $1) RETURNING 1) "
+                    "SELECT count(*) FROM d",
+                    failures_before,
+                )
+            )
             reports = await delete("aggregate_reports", "end_at")
             await conn.execute("DELETE FROM aggregate_records WHERE begin_at < $1", cutoff)
             tls = await delete("tls_reports", "end_at")
@@ -463,7 +539,8 @@ class Store:
             "partitions_dropped": dropped,
             "aggregate_reports": reports,
             "tls_reports": tls,
-            "raw_messages": raw,
+            "failure_reports": failures,
+            "raw_messages": raw + failures,
         }
 
 

@@ -15,21 +15,32 @@ SELECT coalesce(sum(message_count), 0) AS messages,
 FROM aggregate_records
 WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3
 """
+# The top sources, then what sender identification (rua_sink.senders) knows of them.
 _SOURCES = """
-SELECT coalesce(host(source_ip), source_ip_text) AS source,
-       sum(message_count) AS messages,
-       coalesce(sum(message_count) FILTER (WHERE dmarc_pass), 0) AS passing
-FROM aggregate_records
-WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3
-GROUP BY 1 ORDER BY messages DESC, source LIMIT $4
+WITH top AS (
+    SELECT coalesce(host(source_ip), source_ip_text) AS source, min(source_ip) AS ip,
+           sum(message_count) AS messages,
+           coalesce(sum(message_count) FILTER (WHERE dmarc_pass), 0) AS passing
+    FROM aggregate_records
+    WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3
+    GROUP BY 1 ORDER BY messages DESC, source LIMIT $4
+)
+SELECT top.source, top.messages, top.passing, h.ptr_name, h.ptr_confirmed, h.service
+FROM top LEFT JOIN source_hosts h ON h.ip = top.ip
+ORDER BY top.messages DESC, top.source
 """
 _FAILING = """
-SELECT coalesce(host(source_ip), source_ip_text) AS source,
-       sum(message_count) AS failing,
-       array_agg(DISTINCT reporter ORDER BY reporter) AS reporters
-FROM aggregate_records
-WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3 AND dmarc_pass IS NOT TRUE
-GROUP BY 1 ORDER BY failing DESC, source LIMIT $4
+WITH top AS (
+    SELECT coalesce(host(source_ip), source_ip_text) AS source, min(source_ip) AS ip,
+           sum(message_count) AS failing,
+           array_agg(DISTINCT reporter ORDER BY reporter) AS reporters
+    FROM aggregate_records
+    WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3 AND dmarc_pass IS NOT TRUE
+    GROUP BY 1 ORDER BY failing DESC, source LIMIT $4
+)
+SELECT top.source, top.failing, top.reporters, h.ptr_name, h.ptr_confirmed, h.service
+FROM top LEFT JOIN source_hosts h ON h.ip = top.ip
+ORDER BY top.failing DESC, top.source
 """
 _REPORTERS = """
 SELECT reporter, count(DISTINCT report) AS reports, sum(message_count) AS messages
@@ -83,15 +94,29 @@ class DomainSummary:
             "  top sources:",
             *(
                 f"    {s['source']:<40} {s['messages']:>10} messages, {s['passing']} passing"
+                + _sender(s)
                 for s in self.sources
             ),
             "  top failing sources:",
             *(
                 f"    {s['source']:<40} {s['failing']:>10} failing ({', '.join(s['reporters'])})"
+                + _sender(s)
                 for s in self.failing
             ),
         ]
         return "\n".join(lines)
+
+
+def _sender(source: dict[str, Any]) -> str:
+    """What sender identification found: the PTR name, with the service or a warning
+    that the name does not lead back to the address."""
+    name = source.get("ptr_name")
+    if name is None:
+        return ""
+    if not source.get("ptr_confirmed"):
+        return f"  {name} (not forward-confirmed)"
+    service = source.get("service")
+    return f"  {name} ({service})" if service else f"  {name}"
 
 
 async def summarize(

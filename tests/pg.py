@@ -31,6 +31,7 @@ TABLES = (
     "aggregate_records",
     "aggregate_reports",
     "raw_messages",
+    "source_hosts",
 )
 
 

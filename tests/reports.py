@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import gzip
 import io
 import random
@@ -10,6 +11,10 @@ import zipfile
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
+
+import dkim
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 NS_9990 = "urn:ietf:params:xml:ns:dmarc-2.0"
 
@@ -92,6 +97,56 @@ def message(
         maintype, subtype = media.split("/")
         msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=filename, cte=cte)
     return msg.as_bytes(policy=SMTP)
+
+
+# --- DKIM: messages signed as the reporter would sign them ----------------------------
+
+REPORTER = "reporter.example"  # the From domain of ``message``
+SELECTOR = "s1"
+#: reporter.example's SPF record: the tests' clients connect from loopback
+SPF_RECORD = "v=spf1 ip4:127.0.0.0/8 -all"
+
+
+@functools.cache
+def _dkim_key() -> tuple[bytes, str]:
+    """A 2048-bit RSA key: private PEM, and the public key as a DKIM record's ``p=``."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.TraditionalOpenSSL,
+        serialization.NoEncryption(),
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, base64.b64encode(public).decode()
+
+
+def dkim_record(service: str | None = None) -> str:
+    """The TXT record at ``<selector>._domainkey.<domain>`` for the tests' key."""
+    return f"v=DKIM1; k=rsa; p={_dkim_key()[1]}" + (f"; s={service}" if service else "")
+
+
+def signed(data: bytes, domain: str = REPORTER, selector: str = SELECTOR) -> bytes:
+    """``data`` with a DKIM-Signature of ``domain`` (relaxed/simple, RFC 6376)."""
+    header = dkim.sign(
+        data,
+        selector.encode(),
+        domain.encode(),
+        _dkim_key()[0],
+        include_headers=[b"from", b"to", b"subject", b"content-type", b"mime-version"],
+    )
+    return bytes(header) + data
+
+
+def tls_message(report_id: str = "tls-1", *, sign: bool = True) -> bytes:
+    """A TLS report (RFC 8460) in a message, signed by the reporter unless told not to."""
+    data = message(
+        (gz(TLS_JSON.replace(b"tls-1", report_id.encode())), "application/tlsrpt+gzip", "t.gz")
+    )
+    # RFC 8460 5.3: the header fields every TLS report carries
+    data = b"TLS-Report-Domain: example.com\r\nTLS-Report-Submitter: reporter.example\r\n" + data
+    return signed(data) if sign else data
 
 
 def report_message(report_id: str, records: int = 2, domain: str = "example.com") -> bytes:

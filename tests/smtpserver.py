@@ -22,6 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from .dnsserver import Zone, serving
 from .pg import fetch, scratch_database
 from .procs import CLI
+from .reports import REPORTER, SELECTOR, SPF_RECORD, dkim_record
 
 RUA = "dmarc@rua.example.net"
 MAX_BYTES = 300 * 1024
@@ -107,9 +108,13 @@ def stop_server(server: Server) -> None:
 
 
 def example_zone() -> Zone:
-    """A zone in which example.com has authorized the test's report domain."""
+    """A zone in which example.com has authorized the test's report domain, and the
+    reporter's mail passes SPF and DKIM."""
     zone = Zone()
     zone.txt["example.com._report._dmarc.rua.example.net"] = ["v=DMARC1;"]
+    # The reporter's mail authenticates: SPF for its loopback address, a DKIM key.
+    zone.txt[REPORTER] = [SPF_RECORD]
+    zone.txt[f"{SELECTOR}._domainkey.{REPORTER}"] = [dkim_record()]
     return zone
 
 
@@ -186,10 +191,14 @@ def scrape(server: Server) -> Samples:
 
 
 def deltas(before: Samples, after: Samples) -> Callable[..., float]:
-    """``delta(name, **labels)``: how much a sample grew between two scrapes."""
+    """``delta(name, **labels)``: how much a series grew between two scrapes, summed over
+    the labels not given."""
+
+    def total(samples: Samples, name: str, wanted: set[tuple[str, str]]) -> float:
+        return sum(v for (n, labels), v in samples.items() if n == name and wanted <= set(labels))
 
     def delta(name: str, **labels: str) -> float:
-        key = (name, tuple(sorted(labels.items())))
-        return after.get(key, 0.0) - before.get(key, 0.0)
+        wanted = set(labels.items())
+        return total(after, name, wanted) - total(before, name, wanted)
 
     return delta

@@ -22,7 +22,7 @@ from rua_sink.ingest import Ingester
 from rua_sink.store import Store
 
 from .conftest import ROOT, readme_table
-from .reports import TLS_JSON, gz, message, report_message, report_xml
+from .reports import gz, message, report_message, report_xml, tls_message
 from .smtpserver import Server, scrape, send
 from .storage import DOMAIN, ingest_bytes, parsed_records, store_corpus, with_store
 
@@ -231,8 +231,7 @@ def test_promql_uses_what_the_live_exposition_has(server: Server) -> None:
     tag = uuid.uuid4().hex[:12]  # the database is shared: reports new to it, so they count
     assert send(server, report_message(f"dash-{tag}-1", 3))[0] == 250
     assert send(server, report_message(f"dash-{tag}-2"))[0] == 250
-    tls_json = TLS_JSON.replace(b"tls-1", f"tls-dash-{tag}".encode())
-    assert send(server, message((gz(tls_json), "application/tlsrpt+gzip", "t.gz")))[0] == 250
+    assert send(server, tls_message(f"tls-dash-{tag}"))[0] == 250
     samples = scrape(server)
     labels: defaultdict[str, defaultdict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
     for sample_name, pairs in samples:
@@ -400,6 +399,14 @@ def test_sql_panels_run_and_agree_with_the_parser(db: str) -> None:
     assert {r["reporter"] for r in latest} == {rep for rep, _, _ in records}
     begins = [r["begin_at"] for r in latest]
     assert begins == sorted(begins, reverse=True)
+    # No source looked up yet (tests/test_senders.py fills source_hosts): all unknown.
+    (everyone,) = rows["Who sends as this domain"]
+    assert (everyone["service"], everyone["messages"]) == ("unknown", total)
+    assert everyone["sources"] == summary["sources"]
+    unknown = rows["Unknown senders failing DMARC"]
+    assert {(r["source_ip"], r["failing"], r["ptr_name"]) for r in unknown} == {
+        (ip, n, None) for ip, n in failing.items()
+    }
     (kept,) = rows["Quarantined and refused messages (all domains)"]
     assert (kept["status"], kept["reason"], kept["source"]) == (
         "quarantined",

@@ -103,6 +103,20 @@ def test_the_images_install_steps_work(tmp_path: Path) -> None:
         check=False,
     )
     assert int(listed.stdout) >= 2
+    # So does the mapping of sender identification's services.
+    mapped = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "from rua_sink.senders import ServiceMap\n"
+            "print(ServiceMap.load().lookup('mail.google.com'))",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        check=False,
+    )
+    assert mapped.stdout.strip() == "Google Workspace / Gmail", mapped.stderr
 
 
 def compose() -> dict[str, Any]:

@@ -26,7 +26,7 @@ from .conftest import ROOT, corpus, readme_table
 from .dnsserver import Zone
 from .pg import admin, terminate_sessions
 from .procs import cli
-from .reports import TLS_JSON, gz, message, report_message, report_xml
+from .reports import TLS_JSON, gz, message, report_message, report_xml, signed, tls_message
 from .smtpserver import (
     MAX_BYTES,
     RUA,
@@ -144,7 +144,7 @@ def test_several_reports_and_a_tls_report_in_one_message(server: Server) -> None
         (gz(report_xml(2, report_id="multi-b")), "application/gzip", "b.xml.gz"),
         (gz(TLS_JSON), "application/tlsrpt+gzip", "t.json.gz"),
     )
-    assert send(server, data)[0] == 250
+    assert send(server, signed(data))[0] == 250
     assert len(stored(server, "multi-a")) == len(stored(server, "multi-b")) == 1
     tls = server.fetch("SELECT authz_verdict FROM tls_reports WHERE report_id = 'tls-1'")
     assert [r["authz_verdict"] for r in tls] == ["authorized"]
@@ -432,8 +432,7 @@ def test_metrics_count_what_happened(server: Server) -> None:
 
 def test_readme_metrics_table_matches_the_exposition(server: Server) -> None:
     assert send(server, report_message("table-1"))[0] == 250
-    tls = message((gz(TLS_JSON.replace(b"tls-1", b"tls-table")), "application/tlsrpt+gzip", "t.gz"))
-    assert send(server, tls)[0] == 250
+    assert send(server, tls_message("tls-table"))[0] == 250
     live = {name for name, _ in scrape(server)}
     table = readme_table("metrics")
     documented = set(re.findall(r"^\| `(rua_sink_\w+)` \| (\w+) \|", table, re.M))

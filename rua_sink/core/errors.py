@@ -27,6 +27,8 @@ new failure modes get a new member, never a free-form string.
     ├── DecompressionError             corrupt gzip / zlib / zip
     │   └── TruncatedArchive           compressed stream ends early
     ├── UnknownFormat                  payload is not XML, JSON or an archive
+    ├── UnsignedReport                 TLS report mail with no valid DKIM signature of
+    │                                  its reporter (RFC 8460 3; raised by ingest)
     └── ReportError                    the payload is not a valid report
         ├── XmlSyntaxError             not well-formed, beyond repair
         │   └── TruncatedXml           document ends early
@@ -70,6 +72,7 @@ class Reason(StrEnum):
     FORBIDDEN_XML = "forbidden_xml"
     INVALID_REPORT = "invalid_report"
     INVALID_JSON = "invalid_json"
+    UNSIGNED_REPORT = "unsigned_report"
 
 
 class RuaSinkError(Exception):
@@ -201,3 +204,7 @@ class InvalidReport(ReportError):
 
 class InvalidJson(ReportError):
     reason = Reason.INVALID_JSON
+
+
+class UnsignedReport(RuaSinkError):
+    reason = Reason.UNSIGNED_REPORT

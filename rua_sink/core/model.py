@@ -330,6 +330,13 @@ class FailureReport:
     fields: tuple[tuple[str, str], ...]
     #: Header block of the reported message (text/rfc822-headers or message/rfc822).
     original_headers: str | None
+    #: Arrival-Date as epoch seconds, when it parses.
+    arrived_at: int | None = None
+    #: Which reading of Identity-Alignment the values imply (``rfc7489``: mechanisms that
+    #: gave an aligned pass; ``rfc9991``: mechanisms that failed to), None when they do
+    #: not tell; and under it, the mechanisms that gave no aligned pass.
+    alignment_spec: str | None = None
+    alignment_failed: tuple[str, ...] | None = None
 
 
 # --- failures that are values --------------------------------------------------------
