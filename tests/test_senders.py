@@ -558,9 +558,16 @@ def test_dashboard_panels_by_service(db: str, dns_zone: tuple[Zone, str]) -> Non
     ]
 
 
-def test_serve_identifies_sources_in_the_background(db: str) -> None:
+@pytest.mark.parametrize(
+    "interval",
+    [
+        "1",  # the periodic sweep finds the new sources
+        "3600",  # no sweep after the one at start: the report's commit queues them
+    ],
+)
+def test_serve_identifies_sources_in_the_background(db: str, interval: str) -> None:
     zone = senders_zone(example_zone())
-    with running(db, zone, RUA_SINK_IDENTIFY_INTERVAL="1") as server:
+    with running(db, zone, RUA_SINK_IDENTIFY_INTERVAL=interval) as server:
         code, reply = send(server, sources_report(SOURCES, "served"))
         assert code == 250, reply
         deadline = time.monotonic() + 30
