@@ -535,12 +535,22 @@ class Store:
             await conn.execute("DELETE FROM aggregate_records WHERE begin_at < $1", cutoff)
             tls = await delete("tls_reports", "end_at")
             raw = await delete("raw_messages", "received_at")
+            # Looked-up source addresses that no record names any more.
+            hosts = int(
+                await conn.fetchval(
+                    "WITH d AS (DELETE FROM source_hosts s WHERE s.first_seen < $1 AND NOT "
+                    "EXISTS (SELECT 1 FROM aggregate_records r WHERE r.source_ip = s.ip) "
+                    "RETURNING 1) SELECT count(*) FROM d",
+                    cutoff,
+                )
+            )
         return {
             "partitions_dropped": dropped,
             "aggregate_reports": reports,
             "tls_reports": tls,
             "failure_reports": failures,
             "raw_messages": raw + failures,
+            "source_hosts": hosts,
         }
 
 

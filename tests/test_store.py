@@ -221,7 +221,17 @@ def test_monthly_partitions_and_prune(db: str) -> None:
         assert (await ingest_bytes(ingester, two_months, when=old)).records == 4
         await ingest_bytes(ingester, month_report(jun, "jun"), source="/x/jun.xml")
         names = await partitions(store)
+        # looked-up sources: one still in a record, one no record names any more
+        (named,) = await store.pool.fetch(
+            "SELECT source_ip FROM aggregate_records WHERE begin_at >= '2024-06-01' LIMIT 1"
+        )
+        await store.pool.executemany(
+            "INSERT INTO source_hosts (ip, first_seen) VALUES ($1, '2024-01-05')",
+            [(named["source_ip"],), ("203.0.113.99",)],
+        )
         pruned = await store.prune(datetime(2024, 3, 1, tzinfo=UTC))
+        hosts = [r["ip"] for r in await store.pool.fetch("SELECT ip FROM source_hosts")]
+        assert hosts == [named["source_ip"]] and pruned["source_hosts"] == 1
         left = {
             r["report_id"]
             for r in await store.pool.fetch("SELECT report_id FROM aggregate_reports")
