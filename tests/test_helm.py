@@ -208,6 +208,7 @@ def test_full_values_wire_tls_proxy_and_extra_env(full: list[Manifest]) -> None:
     assert env["RUA_SINK_PROXY_PROTOCOL_FROM"] == "10.0.0.0/8,fd00::/8"
     assert env["RUA_SINK_ADDRESSES"] == "dmarc@rua.example.net,*@reports.example.org"
     assert env["RUA_SINK_UNAUTHORIZED"] == "flag"
+    assert env["RUA_SINK_FAILURE_ADDRESSES"] == "ruf@rua.example.net"
     kinds = {o["kind"] for o in full}
     assert {"HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy"} <= kinds
     assert {"ServiceMonitor", "PrometheusRule", "ConfigMap"} <= kinds
