@@ -16,8 +16,9 @@ acted on as ``RUA_SINK_REQUIRE_AUTHENTICATED`` says. TLS reports are different: 
 Both libraries are synchronous: the check runs in a worker thread, and DNS goes through
 one dnspython resolver on the configured nameservers (``RUA_SINK_DNS_NAMESERVERS``)
 with its own cache. DKIM needs the whole message in memory (dkimpy hashes the body in
-one piece), so messages over ``max_bytes`` are not DKIM-checked (result ``none``), and
-only one message over ``SHARED_BYTES`` is checked at a time.
+one piece), so only signed messages are read whole, signed messages over ``max_bytes``
+are not DKIM-checked (result ``none``), and only one message over ``SHARED_BYTES`` is
+checked at a time.
 """
 
 from __future__ import annotations
@@ -230,13 +231,14 @@ class MailAuthenticator:
         headers = _HEADER_PARSER.parsebytes(head, headersonly=True)
         from_domain = _from_domain(headers.get_all("From") or [])
         tlsrpt = _is_tls_report(headers)
-        if size <= self._max_bytes:
+        signatures = headers.get_all("DKIM-Signature")
+        if not signatures:
+            dkims: tuple[DkimCheck, ...] = ()  # nothing to verify: the body is not read
+        elif size <= self._max_bytes:
             file.seek(0)
             dkims = _dkim(file.read(), lookups, tlsrpt=tlsrpt)
         else:
-            dkims = tuple(
-                DkimCheck(d, s, "none") for d, s in _signatures(headers.get_all("DKIM-Signature"))
-            )
+            dkims = tuple(DkimCheck(d, s, "none") for d, s in _signatures(signatures))
         spf_result, spf_domain = self._spf(lookups, peer_ip, mail_from, helo)
         file.seek(0)
         return _dmarc(lookups, from_domain, dkims, spf_result, spf_domain)
