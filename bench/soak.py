@@ -16,6 +16,7 @@ import statistics
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -48,7 +49,7 @@ def soak(args: argparse.Namespace, server: Server) -> None:
     port = server.smtp_port
     samples: list[tuple[float, float]] = []
     latencies: list[float] = []
-    failures = 0
+    failures: Counter[str] = Counter()
     lock = threading.Lock()
     done = threading.Event()
     try:
@@ -61,19 +62,20 @@ def soak(args: argparse.Namespace, server: Server) -> None:
                 time.sleep(1)
 
         def deliver(i: int) -> None:
-            nonlocal failures
             t0 = time.monotonic()
             try:
                 with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
                     smtp.sendmail("noreply@bench.example", [RUA], small_message(i))
-                ok = True
-            except (smtplib.SMTPException, OSError):  # refused, reset, timed out: failed
-                ok = False
+                why = ""
+            except smtplib.SMTPResponseException as exc:  # refused: by its reply code
+                why = f"{type(exc).__name__} {exc.smtp_code}"
+            except (smtplib.SMTPException, OSError) as exc:  # reset, timed out
+                why = type(exc).__name__
             with lock:
-                if ok:
+                if not why:
                     latencies.append(time.monotonic() - t0)
                 else:
-                    failures += 1
+                    failures[why] += 1
 
         threading.Thread(target=sample, daemon=True).start()
         i = 0
@@ -96,7 +98,8 @@ def soak(args: argparse.Namespace, server: Server) -> None:
         per_hour = statistics.linear_regression(times, sizes).slope * 3600
         lat = sorted(latencies)
         print(
-            f"{i} deliveries at {args.rate:g}/s for {args.seconds:g} s, {failures} failed; "
+            f"{i} deliveries at {args.rate:g}/s for {args.seconds:g} s, "
+            f"{sum(failures.values())} failed{f' {dict(failures)}' if failures else ''}; "
             f"server RSS after warm-up: {steady[0][1]:.1f} -> {steady[-1][1]:.1f} MiB, "
             f"slope {per_hour:+.1f} MiB/hour"
         )
