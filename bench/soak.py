@@ -40,7 +40,9 @@ def main() -> None:
     args = ap.parse_args()
     with (
         scratch_database(args.database_url, "rua_sink_soak") as (url, _),
-        serving(url) as server,
+        # every delivery comes from one address, each in a session of its own: the
+        # per-address session limit (20 by default) is for strangers, not for the soak
+        serving(url, RUA_SINK_MAX_SESSIONS_PER_IP="200") as server,
     ):
         soak(args, server)
 
