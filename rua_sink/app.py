@@ -60,9 +60,12 @@ class App:
             await migrate.migrate(conn)
         store = Store(pool)
         await store.load_partitions()
+        # One resolver on the configured nameservers for the loop's lookups (the checks of
+        # the mail run in threads, on a resolver of their own: see mailauth).
+        resolver = make_resolver(settings.dns_nameservers, settings.dns_timeout)
         identifier = SenderIdentifier(
             pool=pool,
-            resolver=make_resolver(settings.dns_nameservers, settings.dns_timeout),
+            resolver=resolver,
             services=services,
             concurrency=settings.identify_concurrency,
             sweep_interval=settings.identify_interval,
@@ -73,7 +76,7 @@ class App:
         )
         lookups = metrics.authorization
         authorizer = Authorizer(
-            resolver=make_resolver(settings.dns_nameservers, settings.dns_timeout),
+            resolver=resolver,
             allow=settings.authorized_domains,
             observe=lambda result: lookups.labels(result).inc(),
         )

@@ -35,6 +35,7 @@ import dns.resolver
 from publicsuffixlist import PublicSuffixList
 
 from .core.aggregate import domain as a_label
+from .ttlcache import TtlCache
 
 
 class Verdict(StrEnum):
@@ -127,10 +128,8 @@ class Authorizer:
         # "*" accepts every domain without a lookup: for trials and closed networks.
         self._allow_all = "*" in entries
         self._allow = frozenset(d for d in (a_label(x) for x in entries if x != "*") if d)
-        self._cache: dict[str, tuple[float, tuple[str, ...]]] = {}
-        self._cache_size = cache_size
+        self._cache: TtlCache[str, tuple[str, ...]] = TtlCache(cache_size, clock)
         self._negative_ttl = negative_ttl
-        self._clock = clock
 
     def _allowed(self, policy_domain: str) -> bool:
         return (
@@ -191,14 +190,13 @@ class Authorizer:
 
     async def _txt(self, name: str) -> tuple[tuple[str, ...], bool]:
         """TXT strings at ``name`` (each record's strings joined), and whether cached."""
-        now = self._clock()
         hit = self._cache.get(name)
-        if hit is not None and hit[0] > now:
-            return hit[1], True
+        if hit is not None:
+            return hit, True
         try:
             answer = await self._resolver.resolve(name, "TXT", search=False)
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
-            self._store(name, (), now + self._negative_ttl)
+            self._cache.put(name, (), self._negative_ttl)
             return (), False
         except dns.exception.DNSException as exc:  # SERVFAIL, timeout, ...: temporary
             self._observe("temporary_error")
@@ -209,13 +207,8 @@ class Authorizer:
             if rdata.rdtype == dns.rdatatype.TXT
         )
         ttl = answer.rrset.ttl if answer.rrset is not None else self._negative_ttl
-        self._store(name, texts, now + ttl)
+        self._cache.put(name, texts, ttl)
         return texts, False
-
-    def _store(self, name: str, texts: tuple[str, ...], expires: float) -> None:
-        if len(self._cache) >= self._cache_size:
-            self._cache.clear()
-        self._cache[name] = (expires, texts)
 
 
 def _valid_name(name: str) -> bool:

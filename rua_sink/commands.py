@@ -225,7 +225,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     keep_failures = args.failure_older_than
     if keep_failures is None:
         setting = config.SETTINGS["failure_retention"]
-        keep_failures = parse_duration(os.environ.get(setting.env, setting.default))
+        keep_failures = setting.parse(os.environ.get(setting.env, setting.default))
     failure_cutoff = now - keep_failures
 
     async def run() -> dict[str, int]:

@@ -32,6 +32,7 @@ from typing import IO, Any
 from .copytext import record_line, report_prefix
 from .core.errors import NotAReport, Reason, RuaSinkError, UnsignedReport
 from .core.limits import Limits
+from .core.mime import leading_header_block
 from .core.model import (
     AggregateEnd,
     AggregateReport,
@@ -43,7 +44,7 @@ from .core.model import (
     TlsReport,
 )
 from .core.pipeline import parse_stream
-from .mailauth import AuthUnavailable, MailAuth
+from .mailauth import MAX_HEADER_BYTES, AuthUnavailable, MailAuth
 from .store import (
     Conn,
     Envelope,
@@ -300,9 +301,10 @@ class Ingester:
         result.detail = detail
         if status != "stored" or reprocessing:  # a new raw message is inserted as stored
             await self.store.set_status(conn, raw_id, status, reason, detail)
-        if run.failure_reports and not self.failure_keep_body:
+        if run.failure_report is not None and not self.failure_keep_body:
             file.seek(0)
-            copy = redacted_copy(_header_lines(file), run.failure_reports[0])
+            own = leading_header_block(file, MAX_HEADER_BYTES).splitlines()
+            copy = redacted_copy(own, run.failure_report)
             await self.store.redact_raw(conn, raw_id, gzip.compress(copy, mtime=0))
         return result
 
@@ -345,7 +347,8 @@ class _Run:
         self.authorize = authorize
         self.auth = auth
         self.authenticated = None if auth is None else auth.authenticated
-        self.failure_reports: list[FailureReport] = []
+        #: the message's failure report (RFC 5965 2: one a message), for its archive copy
+        self.failure_report: FailureReport | None = None
         self.store = ingester.store
         self.conn = conn
         self.result = result
@@ -391,8 +394,7 @@ class _Run:
                 await self.end(ev)
             elif isinstance(ev, PartFailed):
                 await self.abandon()
-                self.failures.append(ev)
-                self.result.counts[("unknown", "quarantined")] += 1
+                self._quarantine(ev, "unknown")
             elif isinstance(ev, TlsReport):
                 await self.tls(ev)
             elif isinstance(ev, FailureReport):
@@ -406,10 +408,8 @@ class _Run:
             if not self.auth.signed_by((self.auth.from_domain or "", contact)):
                 if self.auth.dkim_temporary:
                     raise AuthUnavailable("DKIM key lookup failed")
-                self.failures.append(
-                    PartFailed(ev.part, UnsignedReport("no valid DKIM signature of the reporter"))
-                )
-                self.result.counts[(str(ReportType.TLSRPT), "quarantined")] += 1
+                unsigned = UnsignedReport("no valid DKIM signature of the reporter")
+                self._quarantine(PartFailed(ev.part, unsigned), str(ReportType.TLSRPT))
                 return
         domains = tuple(sorted({p.policy_domain for p in ev.policies if p.policy_domain}))
         verdict = None
@@ -436,7 +436,7 @@ class _Run:
             verdict = await self.authorize(ReportType.FAILURE, ev.reported_domains)
         raw_id = self.result.raw_message_id or 0
         new = await self.store.insert_failure(self.conn, raw_id, ev, verdict, self.authenticated)
-        self.failure_reports.append(ev)
+        self.failure_report = self.failure_report or ev
         self._count(ReportType.FAILURE, new, ev.feedback_type, flagged=verdict == "not_authorized")
 
     async def whole(self, head: AggregateReport, records: list[Event], end: AggregateEnd) -> None:
@@ -478,6 +478,11 @@ class _Run:
             last = self.result.last_report
             key2 = (self.domain, self.reporter)
             last[key2] = max(last.get(key2, 0), end.report.metadata.end)
+
+    def _quarantine(self, failed: PartFailed, kind: str) -> None:
+        """A part that yields no report: the message is kept, quarantined with its reason."""
+        self.failures.append(failed)
+        self.result.counts[(kind, "quarantined")] += 1
 
     def _count(self, kind: ReportType, new: bool, label: str, *, flagged: bool = False) -> None:
         # flagged: stored, though its domain has not authorized us (RUA_SINK_UNAUTHORIZED=flag)
@@ -544,18 +549,6 @@ class _Run:
             await self.savepoint.rollback()
             self.savepoint = None
         self.report = None
-
-
-def _header_lines(file: IO[bytes], cap: int = 256 * 1024) -> list[bytes]:
-    """The message's own header block, line by line, up to ``cap`` bytes."""
-    lines: list[bytes] = []
-    total = 0
-    for line in file:
-        if line in (b"\r\n", b"\n") or total + len(line) > cap:
-            break
-        lines.append(line.rstrip(b"\r\n"))
-        total += len(line)
-    return lines
 
 
 #: Feedback fields that carry the reported message's body (RFC 6591 3.1)

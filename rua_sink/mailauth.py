@@ -24,13 +24,10 @@ checked at a time.
 from __future__ import annotations
 
 import asyncio
-import email.parser
-import email.policy
 import email.utils
 import logging
 import re
 import threading
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -44,6 +41,8 @@ import spf
 
 from .authz import make_sync_resolver, organizational_domain
 from .core.aggregate import domain as a_label
+from .core.mime import Headers, leading_header_block
+from .ttlcache import TtlCache
 
 MAX_SIGNATURES = 5  # DKIM signatures checked per message
 SHARED_BYTES = 1 << 20
@@ -51,7 +50,6 @@ MAX_HEADER_BYTES = 256 * 1024
 SPF_CACHE_SECONDS = 300.0
 SPF_CACHE_SIZE = 10_000
 
-_HEADER_PARSER = email.parser.BytesParser(policy=email.policy.compat32)
 _DMARC_TAG = re.compile(r"^\s*(adkim|aspf)\s*=\s*([rs])\s*$", re.IGNORECASE)
 
 # dkimpy logs every failed signature at error level; the verdict is what we keep.
@@ -203,9 +201,9 @@ class MailAuthenticator:
         self._resolver = resolver or make_sync_resolver(nameservers, timeout)
         self._max_bytes = max_bytes
         self._large = asyncio.Semaphore(1)
-        #: (client address, MAIL FROM, HELO) -> (expiry, SPF result): a reporter sends
-        #: many messages from one address, and the answer holds for a while.
-        self._spf_cache: dict[tuple[str | None, str | None, str | None], tuple[float, str]] = {}
+        #: (client address, MAIL FROM, HELO) -> SPF result: a reporter sends many
+        #: messages from one address, and the answer holds for a while.
+        self._spf_cache: TtlCache[tuple[str | None, str, str], str] = TtlCache(SPF_CACHE_SIZE)
 
     async def check(
         self, file: IO[bytes], *, peer_ip: str | None, mail_from: str | None, helo: str | None
@@ -227,11 +225,12 @@ class MailAuthenticator:
     ) -> MailAuth:
         lookups = _Lookups(self._resolver)
         file.seek(0)
-        head = _header_block(file)
-        headers = _HEADER_PARSER.parsebytes(head, headersonly=True)
-        from_domain = _from_domain(headers.get_all("From") or [])
-        tlsrpt = _is_tls_report(headers)
-        signatures = headers.get_all("DKIM-Signature")
+        headers = Headers.parse(leading_header_block(file, MAX_HEADER_BYTES))
+        fields = headers.message
+        from_domain = _from_domain(fields.get_all("From") or [])
+        # RFC 8460 5.3: multipart/report; report-type=tlsrpt, with TLS-Report-Domain
+        tlsrpt = headers.report_type == "tlsrpt" or "TLS-Report-Domain" in fields
+        signatures = fields.get_all("DKIM-Signature")
         if not signatures:
             dkims: tuple[DkimCheck, ...] = ()  # nothing to verify: the body is not read
         elif size <= self._max_bytes:
@@ -246,30 +245,15 @@ class MailAuthenticator:
     def _spf(
         self, lookups: _Lookups, peer_ip: str | None, mail_from: str | None, helo: str | None
     ) -> tuple[str, str | None]:
-        key = (peer_ip, (mail_from or "").lower(), (helo or "").lower())
-        now = time.monotonic()
-        hit = self._spf_cache.get(key)
         sender = (mail_from or "").strip().strip("<>")
         domain = a_label(sender.rpartition("@")[2]) if "@" in sender else a_label(helo or "")
-        if hit is not None and hit[0] > now:
-            return hit[1], domain
-        result = _spf(lookups, peer_ip, sender, helo, domain)
-        if result != "temperror":
-            if len(self._spf_cache) >= SPF_CACHE_SIZE:
-                self._spf_cache.clear()
-            self._spf_cache[key] = (now + SPF_CACHE_SECONDS, result)
+        key = (peer_ip, sender.lower(), (helo or "").lower())
+        result = self._spf_cache.get(key)
+        if result is None:
+            result = _spf(lookups, peer_ip, sender, helo, domain)
+            if result != "temperror":
+                self._spf_cache.put(key, result, SPF_CACHE_SECONDS)
         return result, domain
-
-
-def _header_block(file: IO[bytes]) -> bytes:
-    lines: list[bytes] = []
-    total = 0
-    for line in file:
-        if line in (b"\r\n", b"\n") or total > MAX_HEADER_BYTES:
-            break
-        lines.append(line)
-        total += len(line)
-    return b"".join(lines) + b"\r\n"
 
 
 def _from_domain(values: list[Any]) -> str | None:
@@ -279,11 +263,6 @@ def _from_domain(values: list[Any]) -> str | None:
     if len(values) != 1 or len(domains) != 1:
         return None
     return next(iter(domains))
-
-
-def _is_tls_report(headers: Any) -> bool:
-    ctype = str(headers.get("Content-Type", "")).lower().replace('"', "")
-    return "report-type=tlsrpt" in ctype.replace(" ", "") or "TLS-Report-Domain" in headers
 
 
 def _signatures(values: list[Any] | None) -> list[tuple[str, str]]:

@@ -47,6 +47,7 @@ from . import logs
 from .authz import organizational_domain
 from .config import ConfigError
 from .core.aggregate import domain as a_label
+from .ttlcache import TtlCache
 
 log = logs.get("rua_sink.senders")
 
@@ -237,9 +238,8 @@ class SenderIdentifier:
         self.refresh = refresh
         self.retry_after = retry_after
         self.sweep_interval = sweep_interval
-        self._cache: dict[str, tuple[float, Identity]] = {}
+        self._cache: TtlCache[str, Identity] = TtlCache(cache_size)
         self._cache_ttl = cache_ttl
-        self._cache_size = cache_size
         #: notify() calls dropped because the queue was full (the sweep catches up).
         self.dropped = 0
 
@@ -377,16 +377,13 @@ class SenderIdentifier:
     async def resolve(self, ip: str) -> Identity | Unavailable:
         """The PTR name of ``ip`` and whether it is forward-confirmed (cached in-process
         for ``cache_ttl`` seconds; temporary errors are not cached)."""
-        now = time.monotonic()
         hit = self._cache.get(ip)
-        if hit is not None and hit[0] > now:
-            return hit[1]
+        if hit is not None:
+            return hit
         async with self._lookups:
             result = await self._resolve(ip)
         if isinstance(result, Identity):
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()
-            self._cache[ip] = (now + self._cache_ttl, result)
+            self._cache.put(ip, result, self._cache_ttl)
         return result
 
     async def _resolve(self, ip: str) -> Identity | Unavailable:

@@ -516,33 +516,27 @@ class Store:
                 dropped += 1
         async with self.pool.acquire() as conn, conn.transaction():
 
-            async def delete(table: str, column: str) -> int:
-                """Rows of ``table`` with ``column`` before the cutoff: deleted, counted
-                (the names are this module's own, never input)."""
-                sql = f"WITH d AS (DELETE FROM {table} WHERE {column} < $1 RETURNING 1) "  # noqa: S608
-                return int(await conn.fetchval(sql + "SELECT count(*) FROM d", cutoff))  # noqa: S608
+            async def delete(table: str, where: str, before: datetime = cutoff) -> int:
+                """Rows of ``table`` matching ``where`` (with ``$1`` the time before which
+                they go): deleted, counted. The SQL is this module's own, never input."""
+                sql = f"WITH d AS (DELETE FROM {table} WHERE {where} RETURNING 1) "  # noqa: S608
+                return int(await conn.fetchval(sql + "SELECT count(*) FROM d", before))  # noqa: S608
 
-            failures_before = max(cutoff, failure_cutoff or cutoff)
-            failures = int(
-                await conn.fetchval(
-                    "WITH d AS (DELETE FROM raw_messages WHERE id IN (SELECT raw_message_id "
-                    "FROM failure_reports WHERE stored_at < $1) RETURNING 1) "
-                    "SELECT count(*) FROM d",
-                    failures_before,
-                )
+            # A failure report's raw message takes the report with it (ON DELETE CASCADE).
+            failures = await delete(
+                "raw_messages",
+                "id IN (SELECT raw_message_id FROM failure_reports WHERE stored_at < $1)",
+                max(cutoff, failure_cutoff or cutoff),
             )
-            reports = await delete("aggregate_reports", "end_at")
+            reports = await delete("aggregate_reports", "end_at < $1")
             await conn.execute("DELETE FROM aggregate_records WHERE begin_at < $1", cutoff)
-            tls = await delete("tls_reports", "end_at")
-            raw = await delete("raw_messages", "received_at")
+            tls = await delete("tls_reports", "end_at < $1")
+            raw = await delete("raw_messages", "received_at < $1")
             # Looked-up source addresses that no record names any more.
-            hosts = int(
-                await conn.fetchval(
-                    "WITH d AS (DELETE FROM source_hosts s WHERE s.first_seen < $1 AND NOT "
-                    "EXISTS (SELECT 1 FROM aggregate_records r WHERE r.source_ip = s.ip) "
-                    "RETURNING 1) SELECT count(*) FROM d",
-                    cutoff,
-                )
+            hosts = await delete(
+                "source_hosts s",
+                "s.first_seen < $1 AND NOT EXISTS "
+                "(SELECT 1 FROM aggregate_records r WHERE r.source_ip = s.ip)",
             )
         return {
             "partitions_dropped": dropped,

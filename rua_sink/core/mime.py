@@ -22,7 +22,7 @@ import email.header
 import email.parser
 import email.policy
 import email.utils
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from email.message import Message
 from enum import Enum, auto
@@ -183,6 +183,17 @@ def _decode_words(text: str) -> str:
         return str(email.header.make_header(email.header.decode_header(text)))
     except (email.errors.HeaderParseError, LookupError, UnicodeError, ValueError):
         return text
+
+
+def leading_header_block(lines: Iterable[bytes], cap: int) -> bytes:
+    """A message's own header block, from its lines (a binary file yields them), up to
+    the blank line that ends it and at most ``cap`` bytes; for ``Headers.parse``."""
+    block = bytearray()
+    for line in lines:
+        if line in (b"\r\n", b"\n") or len(block) + len(line) > cap:
+            break
+        block += line
+    return bytes(block)
 
 
 def header_text(msg: Message, name: str) -> str | None:
