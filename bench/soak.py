@@ -105,6 +105,12 @@ def soak(args: argparse.Namespace, server: Server) -> None:
             f"server RSS after warm-up: {steady[0][1]:.1f} -> {steady[-1][1]:.1f} MiB, "
             f"slope {per_hour:+.1f} MiB/hour"
         )
+        # The shape of the curve: a heap still warming up flattens, a leak keeps its slope.
+        minutes: dict[int, float] = {}
+        for at, rss in steady:  # the first sample of each minute
+            minutes.setdefault(int(at - args.warmup) // 60, rss)
+        each = " ".join(f"{rss:.1f}" for rss in minutes.values())
+        print(f"server RSS at the start of each minute after warm-up, MiB: {each}")
         print(
             f"delivery latency: p50 {statistics.median(lat) * 1000:.1f} ms, "
             f"p99 {lat[int(len(lat) * 0.99) - 1] * 1000:.1f} ms"

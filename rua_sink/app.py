@@ -6,8 +6,8 @@ One asyncio loop holds everything: the SMTP server (aiosmtpd's protocol through
 is current; 503 otherwise, so that Kubernetes stops sending mail to a pod that cannot
 commit).
 
-Sender identification (``senders``) and the heap trim (``heap``) run beside them as
-background tasks, which shutdown cancels first.
+Sender identification (``senders``) runs beside them as a background task, which shutdown
+cancels first.
 
 SIGTERM or SIGINT: stop accepting, let sessions in flight finish within the grace period,
 then close. A message is either committed and answered 250, or not acknowledged at all.
@@ -27,7 +27,7 @@ from . import __version__, logs, migrate
 from .authz import Authorizer, make_resolver
 from .config import Settings
 from .database import ensure_database
-from .heap import HeapTrimmer
+from .heap import fix_mmap_threshold
 from .ingest import Ingester
 from .mailauth import AuthPolicy, MailAuthenticator
 from .metrics import Metrics
@@ -51,7 +51,6 @@ class App:
     #: ``notify`` takes the ids of new aggregate reports after their commit.
     identifier: SenderIdentifier | None = None
     identifying: asyncio.Task[None] | None = None
-    trimming: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> App:
@@ -139,9 +138,6 @@ class App:
         if self.identifier is not None:
             self.identifying = asyncio.create_task(self.identifier.run(), name="identify")
             self.identifying.add_done_callback(_identification_ended)
-        if self.settings.heap_trim_interval > 0:
-            trimmer = HeapTrimmer(self.settings.heap_trim_interval)
-            self.trimming = asyncio.create_task(trimmer.run(), name="heap-trim")
         log.info("listening", smtp=f"{host}:{port}", http=f"{http_host}:{http_port}")
 
     async def ready(self) -> bool:
@@ -181,10 +177,9 @@ class App:
             writer.close()
 
     async def shutdown(self) -> None:
-        for task in (self.identifying, self.trimming):  # background work: it gives way at once
-            if task is not None:
-                task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+        if self.identifying is not None:  # background work: it gives way at once
+            self.identifying.cancel()
+            await asyncio.gather(self.identifying, return_exceptions=True)
         for server in (self.smtp_server, self.http_server):
             if server is not None:
                 server.close()
@@ -204,6 +199,7 @@ def _identification_ended(task: asyncio.Task[None]) -> None:
 
 
 async def serve(settings: Settings, database_url: str) -> None:
+    fix_mmap_threshold()  # a heap that stays at its working size for months: see heap
     app = await App.create(settings, database_url)
     await app.start()
     stop = asyncio.Event()

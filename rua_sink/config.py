@@ -203,12 +203,6 @@ SETTINGS: dict[str, Setting] = {
         "seconds between sweeps for source addresses not looked up yet or due again",
         float,
     ),
-    "heap_trim_interval": Setting(
-        "RUA_SINK_HEAP_TRIM_INTERVAL",
-        "30",
-        "seconds between returns of the C heap's free pages to the system (glibc); 0: never",
-        float,
-    ),
 }
 
 
@@ -243,7 +237,6 @@ class Settings:
     services_file: str
     identify_concurrency: int
     identify_interval: float
-    heap_trim_interval: float
     limits: Limits
 
     @classmethod
@@ -273,8 +266,6 @@ class Settings:
         for name in ("dns_timeout", "idle_timeout", "data_timeout", "identify_interval"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
-        if self.heap_trim_interval < 0:
-            raise ConfigError("heap_trim_interval must not be negative")
 
 
 def names() -> tuple[str, ...]:

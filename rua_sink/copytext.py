@@ -18,7 +18,7 @@ import re
 import socket
 from datetime import datetime
 
-from .core.model import Record
+from .core.model import DkimAuth, Record, SpfAuth
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _ELEMENT_QUOTE = re.compile(r'[{}",\\\s]')
@@ -83,14 +83,53 @@ def is_inet(text: str) -> bool:
     return True
 
 
+# The columns of a record's DKIM and of its SPF results, by those results: a report repeats
+# a few combinations of domain, selector or scope, and result from record to record.
+_dkim_columns: dict[tuple[DkimAuth, ...], str] = {}
+_spf_columns: dict[tuple[SpfAuth, ...], str] = {}
+_AUTH_CACHE_MAX = 4096
+
+
+def _dkim(results: tuple[DkimAuth, ...]) -> str:
+    cached = _dkim_columns.get(results)
+    if cached is None:
+        cached = "\t".join(
+            (
+                array([d.domain for d in results]),
+                array([d.selector for d in results]),
+                array([d.result for d in results]),
+                array([d.human_result for d in results]),
+            )
+        )
+        if len(_dkim_columns) >= _AUTH_CACHE_MAX:
+            _dkim_columns.clear()
+        _dkim_columns[results] = cached
+    return cached
+
+
+def _spf(results: tuple[SpfAuth, ...]) -> str:
+    cached = _spf_columns.get(results)
+    if cached is None:
+        cached = "\t".join(
+            (
+                array([s.domain for s in results]),
+                array([s.scope for s in results]),
+                array([s.result for s in results]),
+                array([s.human_result for s in results]),
+            )
+        )
+        if len(_spf_columns) >= _AUTH_CACHE_MAX:
+            _spf_columns.clear()
+        _spf_columns[results] = cached
+    return cached
+
+
 def record_line(prefix: str, r: Record) -> str:
     """The COPY line of a record, after ``prefix`` (the report's own columns:
     report id, begin_at, policy_domain, reporter, each followed by a tab)."""
     ip = r.source_ip
     # source_ip (inet), or source_ip_text when the report's text is not an address
     ip_columns = ip + "\t\\N" if is_inet(ip) else "\\N\t" + field(ip)
-    dkims = r.dkim_results
-    spfs = r.spf_results
     reasons = r.reasons
     return "\t".join(
         (
@@ -104,15 +143,9 @@ def record_line(prefix: str, r: Record) -> str:
             field(r.envelope_to),
             array([x.type for x in reasons]) if reasons else "{}",
             array([x.comment for x in reasons]) if reasons else "{}",
-            array([d.domain for d in dkims]),
-            array([d.selector for d in dkims]),
-            array([d.result for d in dkims]),
-            array([d.human_result for d in dkims]),
-            array([s.domain for s in spfs]),
-            array([s.scope for s in spfs]),
-            array([s.result for s in spfs]),
-            array([s.human_result for s in spfs]),
-            array(r.extensions),
+            _dkim(r.dkim_results),
+            _spf(r.spf_results),
+            array(r.extensions) if r.extensions else "{}",
         )
     )
 

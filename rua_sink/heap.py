@@ -1,66 +1,49 @@
-"""Handing the C heap's free pages back to the system, on glibc.
+"""The C allocator's settings for a long-running server, on glibc.
 
-glibc's allocator keeps what a process frees in the arena it came from, and returns memory
-to the system only from the top of each arena. A server whose threads (mail checks, parsing)
-allocate and free buffers of many sizes all day leaves free holes in the middle of its
-arenas: pages that were written once stay resident although nothing uses them, and the
-resident size creeps up with every message while the memory in use stays flat (see
-docs/RELIABILITY.md, Soak). ``malloc_trim(0)`` gives every whole free page of every arena
-back (``madvise``), so the resident size follows what is really in use.
+glibc serves allocations of 128 KiB and more (its mmap threshold) with a mapping of their
+own, returned to the system when freed. But the threshold moves: each time such a block is
+freed, glibc raises it to that block's size (mallopt(3), M_MMAP_THRESHOLD). asyncio, for
+one, reads a socket into a fresh 256 KiB buffer and shrinks it to what arrived; once the
+threshold has risen, such buffers are carved from the heap instead, and freed into holes
+that the next blocks of other sizes do not fit. The heap grows by about 1 MiB every 2,500
+messages while the memory in use stays flat, and the holes stay resident
+(docs/RELIABILITY.md, Soak).
 
-``HeapTrimmer.run`` calls it every ``interval`` seconds. It does nothing where the C
-library has no ``malloc_trim`` (musl, macOS).
+Setting the threshold explicitly turns the adjustment off: large blocks keep their own
+mappings, and the heap stays at its working size. An operator's ``MALLOC_MMAP_THRESHOLD_``
+in the environment is left alone. Where the C library has no ``mallopt`` (musl, macOS)
+nothing is done.
 """
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import ctypes.util
-from collections.abc import Callable
+import os
 from typing import Any
 
-from . import logs
+M_MMAP_THRESHOLD = -3  # malloc.h
+#: glibc's own initial threshold
+MMAP_THRESHOLD = 128 * 1024
 
-log = logs.get("rua_sink.heap")
 
-
-def _malloc_trim() -> Callable[[int], int] | None:
+def _libc() -> Any:
     name = ctypes.util.find_library("c")
     if name is None:
         return None
     try:
-        libc: Any = ctypes.CDLL(name)
-        trim: Any = libc.malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name)
+    except OSError:
         return None
-    trim.argtypes = [ctypes.c_size_t]
-    trim.restype = ctypes.c_int
-    func: Callable[[int], int] = trim
-    return func
 
 
-class HeapTrimmer:
-    """Trims the C heap every ``interval`` seconds."""
-
-    def __init__(self, interval: float) -> None:
-        self.interval = interval
-        self._trim = _malloc_trim()
-
-    @property
-    def available(self) -> bool:
-        return self._trim is not None
-
-    def trim(self) -> bool:
-        """One trim; whether memory was given back."""
-        return self._trim is not None and bool(self._trim(0))
-
-    async def run(self) -> None:
-        if self._trim is None:
-            log.info("heap_trim_unavailable")
-            return
-        while True:
-            await asyncio.sleep(self.interval)
-            # About a millisecond on the server's heap of a few tens of MiB: cheaper on
-            # the loop than a hop to a thread.
-            self.trim()
+def fix_mmap_threshold(threshold: int = MMAP_THRESHOLD) -> bool:
+    """Pin glibc's mmap threshold; whether it was set by this call."""
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
+        return False
+    mallopt = getattr(_libc(), "mallopt", None)
+    if mallopt is None:
+        return False
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    mallopt.restype = ctypes.c_int
+    return bool(mallopt(M_MMAP_THRESHOLD, threshold))

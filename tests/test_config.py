@@ -46,7 +46,6 @@ def test_defaults_and_parsing() -> None:
         ("RUA_SINK_TLS_CERT", "/etc/cert.pem"),
         ("RUA_SINK_DNS_TIMEOUT", "0"),
         ("RUA_SINK_MAX_SESSIONS", "lots"),
-        ("RUA_SINK_HEAP_TRIM_INTERVAL", "-1"),
     ],
 )
 def test_bad_values_are_refused(name: str, value: str) -> None:

@@ -376,13 +376,14 @@ def _record(el: Any, max_depth: int) -> Record:
         disposition=disposition,
         dkim=dkim,
         spf=spf,
-        reasons=tuple(OverrideReason(r[0], r[1]) for r in reasons),
+        reasons=tuple([OverrideReason(r[0], r[1]) for r in reasons]) if reasons else (),
         header_from=header_from,
         envelope_from=envelope_from,
         envelope_to=envelope_to,
-        dkim_results=tuple(DkimAuth(r[1], r[2], r[3], r[4]) for r in results if r[0] == _DKIM),
+        # list comprehensions: cheaper than generators for the one or two items of each
+        dkim_results=tuple([DkimAuth(r[1], r[2], r[3], r[4]) for r in results if r[0] == _DKIM]),
         spf_results=tuple(
-            SpfAuth(r[1], _enum(_SCOPE, r[2]), r[3], r[4]) for r in results if r[0] == _SPF
+            [SpfAuth(r[1], _enum(_SCOPE, r[2]), r[3], r[4]) for r in results if r[0] == _SPF]
         ),
         extensions=tuple(extensions),
     )
