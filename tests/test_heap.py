@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 # Frees a 1 MiB block first, which raises glibc's threshold to 1 MiB unless it is pinned,
-# then allocates 40 MB in 200 KB buffers (the size of socket read buffers) and frees every
+# then allocates 40 MB in 200 KB buffers (near asyncio's 256 KiB read buffers) and frees every
 # other one: left in the heap, between live buffers, their pages stay resident.
 CHILD = textwrap.dedent(
     """
