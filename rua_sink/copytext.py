@@ -83,44 +83,20 @@ def is_inet(text: str) -> bool:
     return True
 
 
-# The columns of a record's DKIM and of its SPF results, by those results: a report repeats
-# a few combinations of domain, selector or scope, and result from record to record.
-_dkim_columns: dict[tuple[DkimAuth, ...], str] = {}
-_spf_columns: dict[tuple[SpfAuth, ...], str] = {}
-_AUTH_CACHE_MAX = 4096
+# The four columns of a record's DKIM results, or of its SPF results (domain, selector or
+# scope, result, human_result: both kinds in that order), by those results: a report
+# repeats a few such combinations from record to record.
+_result_columns: dict[tuple[DkimAuth, ...] | tuple[SpfAuth, ...], str] = {}
+_RESULTS_CACHE_MAX = 4096
 
 
-def _dkim(results: tuple[DkimAuth, ...]) -> str:
-    cached = _dkim_columns.get(results)
+def _results(results: tuple[DkimAuth, ...] | tuple[SpfAuth, ...]) -> str:
+    cached = _result_columns.get(results)
     if cached is None:
-        cached = "\t".join(
-            (
-                array([d.domain for d in results]),
-                array([d.selector for d in results]),
-                array([d.result for d in results]),
-                array([d.human_result for d in results]),
-            )
-        )
-        if len(_dkim_columns) >= _AUTH_CACHE_MAX:
-            _dkim_columns.clear()
-        _dkim_columns[results] = cached
-    return cached
-
-
-def _spf(results: tuple[SpfAuth, ...]) -> str:
-    cached = _spf_columns.get(results)
-    if cached is None:
-        cached = "\t".join(
-            (
-                array([s.domain for s in results]),
-                array([s.scope for s in results]),
-                array([s.result for s in results]),
-                array([s.human_result for s in results]),
-            )
-        )
-        if len(_spf_columns) >= _AUTH_CACHE_MAX:
-            _spf_columns.clear()
-        _spf_columns[results] = cached
+        cached = "\t".join(array([r[i] for r in results]) for i in range(4))
+        if len(_result_columns) >= _RESULTS_CACHE_MAX:
+            _result_columns.clear()
+        _result_columns[results] = cached
     return cached
 
 
@@ -143,8 +119,8 @@ def record_line(prefix: str, r: Record) -> str:
             field(r.envelope_to),
             array([x.type for x in reasons]) if reasons else "{}",
             array([x.comment for x in reasons]) if reasons else "{}",
-            _dkim(r.dkim_results),
-            _spf(r.spf_results),
+            _results(r.dkim_results),
+            _results(r.spf_results),
             array(r.extensions) if r.extensions else "{}",
         )
     )
