@@ -45,16 +45,20 @@ def add_database_argument(ap: argparse.ArgumentParser) -> None:
 
 
 @contextmanager
-def serving(database_url: str, **extra: str) -> Iterator[Server]:
-    """``rua-sink serve`` for RUA on a database, with the default message size cap,
-    accepting every domain without a DNS lookup."""
-    with running(
-        database_url,
-        None,
-        RUA_SINK_AUTHORIZED_DOMAINS="*",
-        RUA_SINK_MAX_MESSAGE_BYTES=str(Limits().max_message_bytes),
-        **extra,
-    ) as server:
+def serving(server_url: str, prefix: str, **extra: str) -> Iterator[Server]:
+    """``rua-sink serve`` for RUA on a fresh database of the PostgreSQL server (named after
+    ``prefix``, dropped at the end), with the default message size cap, accepting every
+    domain without a DNS lookup."""
+    with (
+        scratch_database(server_url, prefix) as (url, _),
+        running(
+            url,
+            None,
+            RUA_SINK_AUTHORIZED_DOMAINS="*",
+            RUA_SINK_MAX_MESSAGE_BYTES=str(Limits().max_message_bytes),
+            **extra,
+        ) as server,
+    ):
         yield server
 
 

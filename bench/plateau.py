@@ -23,7 +23,6 @@ from benchlib import (
     RUA,
     add_database_argument,
     proc_status,
-    scratch_database,
     serving,
     small_message,
 )
@@ -38,10 +37,7 @@ def main() -> None:
     ap.add_argument("--sessions", type=int, default=4)
     add_database_argument(ap)
     args = ap.parse_args()
-    with (
-        scratch_database(args.database_url, "rua_sink_plateau") as (url, _),
-        serving(url) as server,
-    ):
+    with serving(args.database_url, "rua_sink_plateau") as server:
         failures = 0
 
         def client(first: int, count: int) -> None:

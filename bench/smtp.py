@@ -33,7 +33,6 @@ from benchlib import (
     add_database_argument,
     build_email,
     proc_status,
-    scratch_database,
     serving,
     small_message,
 )
@@ -46,10 +45,9 @@ def main() -> None:
     ap.add_argument("--records", type=int, default=400_000)
     add_database_argument(ap)
     args = ap.parse_args()
-    with (
-        scratch_database(args.database_url, "rua_sink_bench") as (url, _),
-        serving(url, RUA_SINK_MAX_SESSIONS_PER_IP=str(args.sessions + 5)) as server,
-    ):
+    with serving(
+        args.database_url, "rua_sink_bench", RUA_SINK_MAX_SESSIONS_PER_IP=str(args.sessions + 5)
+    ) as server:
         run(args, server.smtp_port)
         # VmHWM is the kernel's own high-water mark of the process's RSS: read once, at
         # the end, it is the peak over the whole run.

@@ -27,7 +27,6 @@ from benchlib import (
     Server,
     add_database_argument,
     proc_status,
-    scratch_database,
     serving,
     small_message,
 )
@@ -40,12 +39,9 @@ def main() -> None:
     ap.add_argument("--warmup", type=float, default=900)
     add_database_argument(ap)
     args = ap.parse_args()
-    with (
-        scratch_database(args.database_url, "rua_sink_soak") as (url, _),
-        # every delivery comes from one address, each in a session of its own: the
-        # per-address session limit (20 by default) is for strangers, not for the soak
-        serving(url, RUA_SINK_MAX_SESSIONS_PER_IP="200") as server,
-    ):
+    # every delivery comes from one address, each in a session of its own: the
+    # per-address session limit (20 by default) is for strangers, not for the soak
+    with serving(args.database_url, "rua_sink_soak", RUA_SINK_MAX_SESSIONS_PER_IP="200") as server:
         soak(args, server)
 
 
