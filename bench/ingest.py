@@ -2,10 +2,12 @@
 
 Builds the gzip'd report email of bench/parse.py (400,000 records by default), stores
 each in a fresh database with ``rua_sink.ingest.Ingester`` in a process of its own, and
-prints records/s (file read to commit), the child's peak RSS, and the time the same
-process takes to parse the file without storing it, as the baseline.
+prints records/s (file read to commit) with the report's records parsed by
+``--workers`` worker processes (``RUA_SINK_PARSE_WORKERS``; 0: in the ingesting process),
+the peak RSS of the ingesting process and of each worker, and, as the baseline, the time
+the same process takes to parse the file alone, without workers and without storing it.
 
-    python bench/ingest.py [--runs 3] [--records 400000] [--database-url URL]
+    python bench/ingest.py [--runs 3] [--records 400000] [--workers N] [--database-url URL]
 
 The server is RUA_SINK_BENCH_DATABASE_URL (or --database-url), else 127.0.0.1:5432.
 """
@@ -20,7 +22,15 @@ import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import add_database_argument, build_email, fmt_runs, run_child, scratch_database
+from benchlib import (
+    add_database_argument,
+    build_email,
+    fmt_runs,
+    run_child,
+    scratch_database,
+)
+
+from rua_sink.config import default_parse_workers as default_workers
 
 CHILD = textwrap.dedent(
     """
@@ -31,9 +41,16 @@ CHILD = textwrap.dedent(
     from rua_sink.core.model import AggregateEnd
     from rua_sink.core.pipeline import parse_stream
     from rua_sink.ingest import Ingester
+    from rua_sink.parsepool import ParsePool
     from rua_sink.store import Envelope, Store
 
-    path, url = sys.argv[1], sys.argv[2]
+    path, url, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+    def peak(pid="self"):
+        # VmHWM: the peak of a process's own memory map (ru_maxrss would also count
+        # what the process held between fork and exec)
+        with open(f"/proc/{pid}/status") as status:
+            return next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmHWM:"))
 
     def parse_only():
         t0 = time.perf_counter()
@@ -47,22 +64,24 @@ CHILD = textwrap.dedent(
             await migrate.migrate(conn)
         s = Store(pool)
         await s.load_partitions()
-        ingester = Ingester(s, limits=Limits())
+        parse_pool = ParsePool(workers)
+        parse_pool.warm()  # as `serve` does when it starts
+        ingester = Ingester(s, limits=Limits(), fanout=parse_pool.fanout)
         t0 = time.perf_counter()
         with open(path, "rb") as f:
             result = await ingester.ingest(f, Envelope(source=path))
         seconds = time.perf_counter() - t0
+        worker_rss = [peak(pid) for pid in parse_pool.pids()]
+        parse_pool.close()
         rows = await pool.fetchval("SELECT count(*) FROM aggregate_records")
         await pool.close()
-        return result.records, rows, seconds
+        return result.records, rows, seconds, worker_rss
 
-    records, rows, seconds = asyncio.run(store())
-    # VmHWM: the peak of this process's own memory map (ru_maxrss would also count
-    # what the process held between fork and exec)
-    with open("/proc/self/status") as status:
-        rss = next(int(l.split()[1]) * 1024 for l in status if l.startswith("VmHWM:"))
+    records, rows, seconds, worker_rss = asyncio.run(store())
+    rss = peak()
     parsed, parse_seconds = parse_only()
     print(json.dumps({"records": records, "rows": rows, "seconds": seconds, "rss": rss,
+                      "worker_rss": max(worker_rss, default=0), "workers_rss": sum(worker_rss),
                       "parse_seconds": parse_seconds, "parsed": parsed}))
     """
 )
@@ -72,6 +91,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--records", type=int, default=400_000)
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=default_workers(),
+        help="parse workers (default: %(default)s)",
+    )
     add_database_argument(ap)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="rua-sink-bench-") as tmp:
@@ -80,7 +105,7 @@ def main() -> None:
         runs = []
         for _ in range(args.runs):
             with scratch_database(args.database_url, "rua_sink_bench") as (url, _):
-                run = run_child(sys.executable, CHILD, str(path), url)
+                run = run_child(sys.executable, CHILD, str(path), url, str(args.workers))
             assert run["records"] == run["rows"] == run["parsed"] == args.records, run
             runs.append(run)
         secs = statistics.median(r["seconds"] for r in runs)
@@ -90,12 +115,22 @@ def main() -> None:
         email_mb = path.stat().st_size / 1e6
         print(f"ingest  {n} records  xml {xml_bytes / 1e6:.1f} MB  email {email_mb:.1f} MB")
         print(
-            f"  file -> committed rows: median {secs:.2f} s  {n / secs:,.0f} records/s  "
-            f"(runs: {fmt_runs(runs)})"
+            f"  file -> committed rows, {args.workers} parse workers: median {secs:.2f} s  "
+            f"{n / secs:,.0f} records/s  (runs: {fmt_runs(runs)})"
         )
-        print(f"  parse only, same process: median {parse:.2f} s  {n / parse:,.0f} records/s")
-        print(f"  storing costs {secs / parse:.2f}x the parse alone")
+        print(
+            f"  baseline, the same process parsing alone without workers: median {parse:.2f} s  "
+            f"{n / parse:,.0f} records/s"
+        )
+        print(f"  ingest with workers / parse alone: {parse / secs:.2f}x the records/s")
         print(f"  peak RSS of the ingesting process: {rss / 2**20:.1f} MiB")
+        if args.workers:
+            worker = max(r["worker_rss"] for r in runs)
+            workers = max(r["workers_rss"] for r in runs)
+            print(
+                f"  peak RSS of a parse worker: {worker / 2**20:.1f} MiB  "
+                f"(all {args.workers}: {workers / 2**20:.1f} MiB)"
+            )
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from .heap import fix_mmap_threshold
 from .ingest import Ingester
 from .mailauth import AuthPolicy, MailAuthenticator
 from .metrics import Metrics
+from .parsepool import ParsePool
 from .senders import SenderIdentifier, ServiceMap
 from .smtp import AddressPolicy, ReportHandler, ReportSMTP, Sessions
 from .store import Store
@@ -51,6 +52,9 @@ class App:
     #: ``notify`` takes the ids of new aggregate reports after their commit.
     identifier: SenderIdentifier | None = None
     identifying: asyncio.Task[None] | None = None
+    #: Worker processes for the records of large reports (RUA_SINK_PARSE_WORKERS).
+    parse_pool: ParsePool | None = None
+    warming: asyncio.Future[None] | None = None
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> App:
@@ -81,6 +85,7 @@ class App:
             allow=settings.authorized_domains,
             observe=lambda result: lookups.labels(result).inc(),
         )
+        parse_pool = ParsePool(settings.parse_workers)
         handler = ReportHandler(
             addresses=AddressPolicy(settings.addresses + settings.failure_addresses),
             ingester=Ingester(
@@ -88,6 +93,7 @@ class App:
                 limits=settings.limits,
                 keep_non_reports=False,
                 failure_keep_body=settings.failure_keep_body,
+                fanout=parse_pool.fanout,
             ),
             authorizer=authorizer,
             reject_unauthorized=settings.unauthorized == "reject",
@@ -102,7 +108,9 @@ class App:
             on_stored=identifier.notify,
         )
         sessions = Sessions(settings.max_sessions, settings.max_sessions_per_ip)
-        return cls(settings, pool, store, handler, sessions, identifier=identifier)
+        return cls(
+            settings, pool, store, handler, sessions, identifier=identifier, parse_pool=parse_pool
+        )
 
     def _tls_context(self) -> ssl.SSLContext | None:
         if not self.settings.tls_cert:
@@ -135,6 +143,9 @@ class App:
         self.smtp_server = await loop.create_server(self._protocol, host, port)
         http_host, http_port = self.settings.http_listen
         self.http_server = await asyncio.start_server(self._http, http_host, http_port)
+        if self.parse_pool is not None:
+            # Started beside the listeners: the first large report need not wait for them.
+            self.warming = loop.run_in_executor(None, self.parse_pool.warm)
         if self.identifier is not None:
             self.identifying = asyncio.create_task(self.identifier.run(), name="identify")
             self.identifying.add_done_callback(_identification_ended)
@@ -188,6 +199,10 @@ class App:
             await asyncio.wait_for(self.sessions.idle.wait(), self.settings.shutdown_grace)
         except TimeoutError:
             log.warning("shutdown_grace_over", sessions_open=self.sessions.total)
+        if self.parse_pool is not None:
+            if self.warming is not None:
+                await asyncio.gather(self.warming, return_exceptions=True)
+            await asyncio.to_thread(self.parse_pool.close)
         await self.pool.close()
 
 

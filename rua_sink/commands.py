@@ -21,7 +21,9 @@ import asyncpg
 from . import backfill, config, migrate
 from .core.limits import Limits
 from .database import DatabaseError, embedded, ensure_database, resolve_url
+from .heap import fix_mmap_threshold
 from .ingest import Ingester, IngestResult, Outcome
+from .parsepool import ParsePool
 from .store import Envelope, Store
 
 
@@ -39,6 +41,23 @@ async def open_store(*, apply_migrations: bool = True) -> AsyncIterator[Store]:
         yield store
     finally:
         await pool.close()
+
+
+@asynccontextmanager
+async def parse_pool() -> AsyncIterator[ParsePool]:
+    """Parse workers for large reports, as RUA_SINK_PARSE_WORKERS says; they start with
+    the first large report and stop with the command."""
+    fix_mmap_threshold()  # large buffers come and go: see heap
+    setting = config.SETTINGS["parse_workers"]
+    try:
+        workers = setting.parse(os.environ.get(setting.env, setting.default))
+    except ValueError as exc:
+        raise config.ConfigError(f"{setting.env}: {exc}") from exc
+    pool = ParsePool(workers)
+    try:
+        yield pool
+    finally:
+        await asyncio.to_thread(pool.close)
 
 
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
@@ -117,8 +136,8 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
     progress = Progress(sys.stderr)
 
     async def run() -> None:
-        async with open_store() as store:
-            ingester = Ingester(store, limits=limits)
+        async with open_store() as store, parse_pool() as workers:
+            ingester = Ingester(store, limits=limits, fanout=workers.fanout)
             for item in backfill.items(args.paths):
                 try:
                     result = await ingester.ingest(item.file, Envelope(source=item.label))
@@ -140,8 +159,8 @@ def cmd_reprocess(args: argparse.Namespace, out: TextIO) -> int:
     summary = Summary()
 
     async def run() -> None:
-        async with open_store() as store:
-            ingester = Ingester(store, limits=args.limits)
+        async with open_store() as store, parse_pool() as workers:
+            ingester = Ingester(store, limits=args.limits, fanout=workers.fanout)
             ids = args.ids or await store.raw_messages(quarantined_only=not args.all)
             for raw_id in ids:
                 summary.add(f"raw_message {raw_id}", await ingester.reprocess(raw_id))

@@ -69,6 +69,21 @@ def _bool(text: str) -> bool:
     raise ConfigError(f"not true or false: {text!r}")
 
 
+def default_parse_workers() -> int:
+    """Parse workers by default: one per CPU this process may run on, and one more, so
+    that the cores stay busy while a worker waits for its next segment."""
+    return len(os.sched_getaffinity(0)) + 1
+
+
+def _workers(text: str) -> int:
+    if _word(text) == "auto":
+        return default_parse_workers()
+    workers = int(text)
+    if not 0 <= workers <= 256:
+        raise ValueError(f"not between 0 and 256: {text!r}")
+    return workers
+
+
 @dataclass(frozen=True, slots=True)
 class Setting:
     env: str
@@ -197,6 +212,13 @@ SETTINGS: dict[str, Setting] = {
         "source addresses looked up at once (PTR and forward confirmation)",
         parse_size,
     ),
+    "parse_workers": Setting(
+        "RUA_SINK_PARSE_WORKERS",
+        "auto",
+        "worker processes that parse the records of large aggregate reports "
+        "(auto: one per CPU, and one more; 0: parse in the receiving process)",
+        _workers,
+    ),
     "identify_interval": Setting(
         "RUA_SINK_IDENTIFY_INTERVAL",
         "300",
@@ -236,6 +258,7 @@ class Settings:
     shutdown_grace: float
     services_file: str
     identify_concurrency: int
+    parse_workers: int
     identify_interval: float
     limits: Limits
 

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import re
 import socket
+from collections import Counter
 from datetime import datetime
+from typing import Any
 
 from .core.model import DkimAuth, Record, SpfAuth
 
@@ -128,3 +130,18 @@ def record_line(prefix: str, r: Record) -> str:
 
 def report_prefix(report: int, begin_at: datetime, domain: str, reporter: str) -> str:
     return f"{report}\t{timestamp(begin_at)}\t{field(domain)}\t{field(reporter)}\t"
+
+
+def encode_records(records: list[Record]) -> tuple[str, Counter[tuple[Any, Any, Any]]]:
+    """What a parse worker sends back for a run of records (see ``core.fanout``): their
+    COPY lines without the report's columns, joined by newlines, and their message
+    counts by (disposition, dkim, spf)."""
+    tally: Counter[tuple[Any, Any, Any]] = Counter()
+    for r in records:
+        tally[(r.disposition, r.dkim, r.spf)] += r.count
+    return "\n".join([record_line("", r) for r in records]), tally
+
+
+def prefixed(prefix: str, lines: str) -> str:
+    """Newline-joined lines from ``encode_records`` with the report's columns added."""
+    return prefix + lines.replace("\n", "\n" + prefix)

@@ -29,8 +29,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import IO, Any
 
-from .copytext import record_line, report_prefix
+from .copytext import prefixed, record_line, report_prefix
 from .core.errors import NotAReport, Reason, RuaSinkError, UnsignedReport
+from .core.fanout import Fanout
 from .core.limits import Limits
 from .core.mime import leading_header_block
 from .core.model import (
@@ -40,6 +41,7 @@ from .core.model import (
     FailureReport,
     PartFailed,
     Record,
+    RecordBatch,
     ReportType,
     TlsReport,
 )
@@ -137,7 +139,8 @@ async def events_in_thread(
             pending: list[Event] = []
             for ev in produce():
                 pending.append(ev)
-                if len(pending) >= batch:
+                # A batch of records parsed by a worker is worth a list of its own.
+                if len(pending) >= batch or type(ev) is RecordBatch:
                     if not put(pending):
                         return
                     pending = []
@@ -176,8 +179,11 @@ class Ingester:
         copy_batch: int = 10000,
         keep_non_reports: bool = True,
         failure_keep_body: bool = False,
+        fanout: Fanout | None = None,
     ) -> None:
         self.store = store
+        #: Worker processes for the records of large reports (``core.fanout``).
+        self.fanout = fanout
         self.limits = limits
         self.copy_batch = copy_batch
         self.keep_non_reports = keep_non_reports
@@ -278,7 +284,9 @@ class Ingester:
             else:
                 cpu: list[float] = []
                 async with contextlib.aclosing(
-                    events_in_thread(lambda: parse_stream(file, name, limits), cpu=cpu)
+                    events_in_thread(
+                        lambda: parse_stream(file, name, limits, fanout=self.fanout), cpu=cpu
+                    )
                 ) as batches:
                     async for events in batches:
                         await run.feed(events)
@@ -353,7 +361,8 @@ class _Run:
         self.conn = conn
         self.result = result
         self.failures: list[PartFailed] = []
-        self.rows: list[str] = []  # COPY text lines
+        self.rows: list[str] = []  # COPY text: lines, or newline-joined runs of lines
+        self.row_count = 0  # the lines in ``rows``
         self.prefix = ""  # the columns every record of the current report shares
         self.tally: Counter[tuple[Any, Any, Any]] = Counter()  # (disposition, dkim, spf)
         self.verdict_allowed = True
@@ -374,7 +383,17 @@ class _Run:
                 if self.report is not None:
                     self.rows.append(record_line(self.prefix, ev))
                     self.tally[(ev.disposition, ev.dkim, ev.spf)] += ev.count
-                    if len(self.rows) >= batch:
+                    self.row_count += 1
+                    if self.row_count >= batch:
+                        await self.flush()
+            elif type(ev) is RecordBatch:
+                self.result.parse_seconds += ev.cpu_seconds
+                if self.report is not None and ev.count:
+                    lines, tally = ev.payload
+                    self.rows.append(prefixed(self.prefix, lines))
+                    self.tally.update(tally)
+                    self.row_count += ev.count
+                    if self.row_count >= batch:
                         await self.flush()
             elif isinstance(ev, AggregateReport):
                 j = i
@@ -527,6 +546,7 @@ class _Run:
     async def flush(self) -> None:
         if self.rows:
             rows, self.rows = self.rows, []
+            self.row_count = 0
             await self.store.copy_lines(self.conn, rows, self.month)
 
     async def end(self, end: AggregateEnd) -> None:
@@ -544,6 +564,7 @@ class _Run:
     async def abandon(self) -> None:
         """A report broke half-way: what it loaded is rolled back (SPEC.md C.26)."""
         self.rows.clear()
+        self.row_count = 0
         self.tally.clear()
         if self.savepoint is not None:
             await self.savepoint.rollback()

@@ -76,9 +76,11 @@ def collect(events: Iterable[Event]) -> Collected:
             out.tls.append(ev)
         elif isinstance(ev, FailureReport):
             out.failures.append(ev)
-        else:
+        elif isinstance(ev, PartFailed):
             out.failed.append(ev)
             head = None
+        else:
+            raise AssertionError(f"unexpected event without a fan-out: {ev!r}")
     return out
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from rua_sink.core.aggregate import _new_parser, parse_aggregate
+from rua_sink.core.aggregate import new_parser, parse_aggregate
 from rua_sink.core.errors import InvalidReport, TruncatedXml, XmlSyntaxError
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import (
@@ -208,7 +208,7 @@ def test_parser_reads_no_external_resource(tmp_path: Path) -> None:
     secret = tmp_path / "secret.dtd"
     secret.write_text('<!ENTITY sec "TOP-SECRET">\n')
     doc = f'<!DOCTYPE feedback SYSTEM "{secret.as_uri()}"><feedback><a>&sec;</a></feedback>'
-    parser = _new_parser()
+    parser = new_parser()
     parser.feed(doc.encode())
     root = parser.close()
     assert b"TOP-SECRET" not in etree.tostring(root)

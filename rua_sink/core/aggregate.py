@@ -12,10 +12,11 @@ deterministic repairs of ``xmlclean`` is an error, never a source of partial rec
 
 from __future__ import annotations
 
+import itertools
 import re
 import socket
 from collections.abc import Iterable, Iterator
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import idna
 from lxml import etree
@@ -23,6 +24,7 @@ from lxml import etree
 from .errors import (
     ElementTooLarge,
     InvalidReport,
+    RuaSinkError,
     TooManyRecords,
     TruncatedXml,
     XmlSyntaxError,
@@ -44,6 +46,7 @@ from .model import (
     PolicyPublished,
     PolicyTesting,
     Record,
+    RecordBatch,
     ReportMetadata,
     Schema,
     SpfAuth,
@@ -53,10 +56,13 @@ from .model import (
 )
 from .xmlclean import XmlCleaner
 
+if TYPE_CHECKING:
+    from .fanout import Fanout
+
 NS_RFC9990 = "urn:ietf:params:xml:ns:dmarc-2.0"
 NS_DRAFT = "http://dmarc.org/dmarc-xml/0.2"
 
-AggregateEvent = AggregateReport | Record | AggregateEnd
+AggregateEvent = AggregateReport | Record | RecordBatch | AggregateEnd
 
 # Records that may arrive before report_metadata/policy_published in a document that
 # ignores the required order (RFC 9990 3.1.1); held until the head is complete.
@@ -69,7 +75,7 @@ _QUOTES = "\"' \t\r\n"
 _LOCAL: dict[str, str] = {}
 
 
-def _local(tag: Any) -> str:
+def local_name(tag: Any) -> str:
     """Local name of a tag, ``{ns}name`` or ``name`` (SPEC.md C.20: match by local name)."""
     name = _LOCAL.get(tag)
     if name is not None:
@@ -165,10 +171,10 @@ def _metadata(el: Any) -> ReportMetadata:
     errors: list[str] = []
     begin = end = None
     for child in el:
-        name = _local(child.tag)
+        name = local_name(child.tag)
         if name == "date_range":
             for d in child:
-                n = _local(d.tag)
+                n = local_name(d.tag)
                 if n == "begin":
                     begin = _text(d)
                 elif n == "end":
@@ -200,7 +206,7 @@ def _optional_enum(enum: Any, text: str | None) -> Any:
 def _policy(el: Any) -> PolicyPublished:
     f: dict[str, str | None] = {}
     for child in el:
-        f.setdefault(_local(child.tag), _text(child))
+        f.setdefault(local_name(child.tag), _text(child))
     name = domain(f.get("domain"))
     if name is None:
         raise InvalidReport("policy_published/domain is missing")
@@ -283,13 +289,13 @@ _TAG_CODES: dict[str, int | None] = {}
 
 
 def _code(tag: Any) -> int | None:
-    code = _RECORD_CODES.get(_local(tag))
+    code = _RECORD_CODES.get(local_name(tag))
     if isinstance(tag, str) and len(_TAG_CODES) < 4096:
         _TAG_CODES[tag] = code
     return code
 
 
-def _record(el: Any, max_depth: int) -> Record:
+def record_of(el: Any, max_depth: int) -> Record:
     """One <record>, read in a single pre-order walk of its subtree.
 
     This is the hot path (one call per record), so instead of a nested loop per level
@@ -298,9 +304,9 @@ def _record(el: Any, max_depth: int) -> Record:
     ``auth_results`` opens a result whose fields follow it.
     """
     codes = _TAG_CODES
-    auth, disp, verdict = _AUTH, _DISPOSITION, _VERDICT  # enum tables, looked up first
-    source_ip = count = disposition = dkim = spf = None
-    header_from = envelope_from = envelope_to = None
+    auth = _AUTH
+    # The last text of each field outside auth_results, by code; read after the walk.
+    fields: list[Any] = [None] * 16
     reasons: list[list[Any]] = []  # [type, comment]
     results: list[list[Any]] = []  # [code, domain, selector or scope, result, human_result]
     extensions: list[str] = []
@@ -342,44 +348,37 @@ def _record(el: Any, max_depth: int) -> Record:
                     current[2] = t
                 elif code == _HUMAN_RESULT:
                     current[4] = t
-        elif code == _SOURCE_IP:
-            source_ip = t
-        elif code == _COUNT:
-            count = t
-        elif code == _DISPOSITION_:
-            disposition = disp.get(t) or _enum(_DISPOSITION, t)
-        elif code == _DKIM:
-            dkim = verdict.get(t) or _enum(_VERDICT, t)
-        elif code == _SPF:
-            spf = verdict.get(t) or _enum(_VERDICT, t)
-        elif code == _HEADER_FROM:
-            header_from = domain(t)
-        elif code == _ENVELOPE_FROM:
-            envelope_from = domain(t)
-        elif code == _ENVELOPE_TO:
-            envelope_to = domain(t)
         elif code == _REASON:
             reason = [None, None]
             reasons.append(reason)
-        elif code == _TYPE and reason is not None:
-            reason[0] = _enum(_OVERRIDE, t)
-        elif code == _COMMENT and reason is not None:
-            reason[1] = t
+        elif code == _TYPE or code == _COMMENT:
+            if reason is not None:
+                reason[code - _TYPE] = t
+        else:
+            fields[code] = t
     if seen + 2 > max_depth:
         # Only a record with at least as many elements as the depth cap can be too deep.
         _check_depth(el, 2, max_depth)
+    source_ip = fields[_SOURCE_IP]
     if source_ip is None:
         raise InvalidReport("record/row/source_ip is missing")
+    disposition = fields[_DISPOSITION_]
+    dkim = fields[_DKIM]
+    spf = fields[_SPF]
     return Record(
         source_ip=ip_address(source_ip),
-        count=_int(count, "record/row/count"),
-        disposition=disposition,
-        dkim=dkim,
-        spf=spf,
-        reasons=tuple([OverrideReason(r[0], r[1]) for r in reasons]) if reasons else (),
-        header_from=header_from,
-        envelope_from=envelope_from,
-        envelope_to=envelope_to,
+        count=_int(fields[_COUNT], "record/row/count"),
+        disposition=None
+        if disposition is None
+        else _DISPOSITION.get(disposition) or _enum(_DISPOSITION, disposition),
+        dkim=None if dkim is None else _VERDICT.get(dkim) or _enum(_VERDICT, dkim),
+        spf=None if spf is None else _VERDICT.get(spf) or _enum(_VERDICT, spf),
+        reasons=tuple([OverrideReason(_enum(_OVERRIDE, r[0]), r[1]) for r in reasons])
+        if reasons
+        else (),
+        header_from=domain(fields[_HEADER_FROM]),
+        envelope_from=domain(fields[_ENVELOPE_FROM]),
+        envelope_to=domain(fields[_ENVELOPE_TO]),
         # list comprehensions: cheaper than generators for the one or two items of each
         dkim_results=tuple([DkimAuth(r[1], r[2], r[3], r[4]) for r in results if r[0] == _DKIM]),
         spf_results=tuple(
@@ -432,12 +431,19 @@ class _Document:
 
     def read_record(self, el: Any) -> Record:
         """A finished <record>, counted against max_records and into the totals."""
-        record = _record(el, self.limits.max_xml_depth)
+        record = record_of(el, self.limits.max_xml_depth)
         self.records += 1
         if self.records > self.limits.max_records:
             raise TooManyRecords(self.records, self.limits.max_records)
         self.messages += record.count
         return record
+
+    def add_batch(self, batch: RecordBatch) -> None:
+        """Records parsed elsewhere (``fanout``), counted as ``read_record`` counts."""
+        self.records += batch.count
+        if self.records > self.limits.max_records:
+            raise TooManyRecords(self.limits.max_records + 1, self.limits.max_records)
+        self.messages += batch.messages
 
     def top_level(self, name: str, el: Any) -> Iterator[AggregateEvent]:
         """Handle a finished child of <feedback> (or of a stray wrapper element)."""
@@ -462,7 +468,7 @@ class _Document:
         elif name == "version":
             self.version = _text(el)
         elif name == "extension":
-            self.extensions.extend(_serialize(c) for c in el if _local(c.tag))
+            self.extensions.extend(_serialize(c) for c in el if local_name(c.tag))
 
 
 _TOP = frozenset(("record", "report_metadata", "policy_published", "version", "extension"))
@@ -481,12 +487,12 @@ _METADATA = frozenset(
         "generator",
     )
 )
-_KNOWN = _TOP | _METADATA | frozenset(_RECORD_CODES) | {"feedback"}
+KNOWN = _TOP | _METADATA | frozenset(_RECORD_CODES) | {"feedback"}
 # lxml reports "end" events only for these (any namespace, or none): the parser's C
 # code skips the ~25 other elements of a record, which the record's handler then reads
 # from the finished subtree.
 _EVENT_TAGS = ["{*}feedback", *(f"{{*}}{name}" for name in sorted(_TOP))]
-_FEED = 64 * 1024
+FEED_BYTES = 64 * 1024
 _NS_DOMAIN = etree.ErrorDomains.NAMESPACE
 _MISMATCH = re.compile(r"mismatch: ([^\s,]+) line \d+ and ([^\s,]+)")
 
@@ -501,108 +507,153 @@ class _NothingResolver(etree.Resolver):
         return self.resolve_string("", context)  # type: ignore[call-arg]
 
 
-def _new_parser() -> Any:
-    parser = etree.XMLPullParser(
-        events=("end",),
-        tag=_EVENT_TAGS,
-        resolve_entities=False,
-        no_network=True,
-        load_dtd=False,
-        dtd_validation=False,
-        huge_tree=False,
-        remove_comments=True,
-        remove_pis=True,
-        remove_blank_text=True,  # indentation: about a third of a record's nodes
-        collect_ids=False,
-    )
+_PARSER_OPTIONS: dict[str, Any] = {
+    "resolve_entities": False,
+    "no_network": True,
+    "load_dtd": False,
+    "dtd_validation": False,
+    "huge_tree": False,
+    "remove_comments": True,
+    "remove_pis": True,
+    "remove_blank_text": True,  # indentation: about a third of a record's nodes
+    "collect_ids": False,
+}
+
+
+def new_parser() -> Any:
+    """The pull parser of a document: "end" events of the top-level elements only."""
+    parser = etree.XMLPullParser(events=("end",), tag=_EVENT_TAGS, **_PARSER_OPTIONS)
+    parser.resolvers.add(_NothingResolver())
+    return parser
+
+
+def new_tree_parser() -> Any:
+    """The same parser for a whole (small) document at once, without events."""
+    parser = etree.XMLParser(**_PARSER_OPTIONS)
     parser.resolvers.add(_NothingResolver())
     return parser
 
 
 def parse_aggregate(
-    chunks: Iterator[bytes], info: PartInfo, limits: Limits
+    chunks: Iterator[bytes], info: PartInfo, limits: Limits, fanout: Fanout | None = None
 ) -> Iterator[AggregateEvent]:
-    """Events of one aggregate report: its head, each record, then its end."""
+    """Events of one aggregate report: its head, each record, then its end.
+
+    With ``fanout``, the records of a large document may come as ``RecordBatch`` values,
+    parsed in worker processes (see ``fanout``); everything else is the same."""
     cleaner = XmlCleaner()
-    parser = _new_parser()
+    parser = new_parser()
     doc = _Document(info, limits)
     root: Any = None
     root_closed = False
     since_top = 0  # bytes fed since a top-level element last ended
     lines_before = 0
     max_depth = limits.max_xml_depth
-    closing = False
     document_bytes = 0
     stream = iter(chunks)
     final = False
-    while not final:
-        chunk = next(stream, None)
-        if chunk is None:
-            final = True
-            data = cleaner.flush()
-        else:
-            document_bytes += len(chunk)
-            data = cleaner.feed(chunk)
-        if root_closed:
-            if data.strip():
-                cleaner.note("trailing_content")
+    last_piece, last_lines = b"", 0  # the bytes fed last, and the lines before them
+    ended = False
+    splitter = None
+    if fanout is not None:
+        from .fanout import Splitter  # noqa: PLC0415 - it imports this module
+
+        splitter = Splitter(fanout, max_depth)
+    try:
+        while not final:
+            chunk = next(stream, None)
+            if chunk is None:
+                final = True
+                data = cleaner.flush()
+            else:
+                document_bytes += len(chunk)
+                data = cleaner.feed(chunk)
+            if root_closed:
+                if data.strip():
+                    cleaner.note("trailing_content")
+                if final:
+                    _close_after_root(parser, cleaner)
+                continue
+            pieces: Iterator[bytes | RecordBatch]
+            if splitter is None:
+                pieces = iter((data,))
+            else:
+                if not cleaner.utf8:
+                    splitter.stop()  # segments are cut as bytes: UTF-8 documents only
+                pieces = splitter.pieces(data, final)
+            for piece in pieces:
+                if type(piece) is RecordBatch:
+                    doc.add_batch(piece)
+                    yield piece
+                    since_top = 0
+                    continue
+                assert isinstance(piece, bytes)
+                handled = at_record_end = False
+                try:
+                    for at in range(0, len(piece), FEED_BYTES):
+                        # Small feeds keep the unread part of the tree in the CPU cache.
+                        parser.feed(piece[at : at + FEED_BYTES])
+                        for _event, el in parser.read_events():
+                            at_record_end = False
+                            if root is None:
+                                root = _check_root(el.getroottree().getroot(), doc)
+                                if splitter is not None:
+                                    splitter.start(root)
+                            parent = el.getparent()
+                            if parent is None:
+                                root_closed = True
+                                continue
+                            if parent is not root and (
+                                parent.getparent() is not root or local_name(parent.tag) in KNOWN
+                            ):
+                                continue  # nested inside a record or metadata: read with it
+                            name = local_name(el.tag)
+                            if name == "record" and doc.head is not None:
+                                yield doc.read_record(el)  # the common case
+                                at_record_end = parent is root
+                            else:
+                                _check_depth(el, 2, max_depth)  # small: metadata, policy
+                                yield from doc.top_level(name, el)
+                            # Drop what has been read, and any stray siblings before it.
+                            el.clear()
+                            while (prev := el.getprevious()) is not None:
+                                parent.remove(prev)
+                            parent.remove(el)
+                            handled = True
+                except etree.XMLSyntaxError as exc:
+                    rest = itertools.chain((p for p in pieces if isinstance(p, bytes)), stream)
+                    if _ends_document(exc, doc, cleaner, piece, rest, lines_before, root_closed):
+                        root_closed = ended = True
+                        break
+                    raise _syntax_error(exc, limits, closing=False) from exc
+                if splitter is not None:
+                    splitter.at_record_end = at_record_end
+                    splitter.ready = doc.head is not None
+                since_top = 0 if handled else since_top + len(piece)
+                if since_top > limits.max_element_bytes:
+                    raise ElementTooLarge(since_top, limits.max_element_bytes)
+                last_piece, last_lines = piece, lines_before
+                lines_before += piece.count(b"\n")
+            if ended:
+                break  # the error ended the document: nothing more is read
+            if root_closed:
+                if final:
+                    _close_after_root(parser, cleaner)
+                continue
             if final:
-                _close_after_root(parser, cleaner)
-            continue
-        handled = False
-        try:
-            for at in range(0, len(data), _FEED):
-                # Small feeds keep the unread part of the tree in the CPU cache.
-                parser.feed(data[at : at + _FEED])
-                for _event, el in parser.read_events():
-                    if root is None:
-                        root = _check_root(el.getroottree().getroot(), doc)
-                    parent = el.getparent()
-                    if parent is None:
+                try:
+                    closed = parser.close()
+                except etree.XMLSyntaxError as exc:
+                    if _ends_document(exc, doc, cleaner, last_piece, stream, last_lines, False):
                         root_closed = True
-                        continue
-                    if parent is not root and (
-                        parent.getparent() is not root or _local(parent.tag) in _KNOWN
-                    ):
-                        continue  # nested inside a record or metadata: read with its parent
-                    name = _local(el.tag)
-                    if name == "record" and doc.head is not None:
-                        yield doc.read_record(el)  # the common case: a record after the head
-                    else:
-                        _check_depth(el, 2, max_depth)  # small elements: metadata, policy
-                        yield from doc.top_level(name, el)
-                    # Drop what has been read, and any stray siblings before it.
-                    el.clear()
-                    while (prev := el.getprevious()) is not None:
-                        parent.remove(prev)
-                    parent.remove(el)
-                    handled = True
-            if final and root_closed:
-                _close_after_root(parser, cleaner)
-            elif final:
-                closing = True
-                closed = parser.close()
+                        break
+                    raise _syntax_error(exc, limits, closing=True) from exc
                 if closed is not None:
                     root = root if root is not None else _check_root(closed, doc)
                     root_closed = True
-        except etree.XMLSyntaxError as exc:
-            if _undeclared_prefix_only(exc, cleaner):
-                root_closed = True
-                break
-            if root_closed or _recoverable(exc, doc, cleaner, data, stream, lines_before):
-                root_closed = True
-                break
-            text = str(exc)
-            if "Excessive depth" in text:
-                raise XmlTooDeep(257, limits.max_xml_depth, f"XML nesting too deep: {exc}") from exc
-            if closing:
-                # Everything was fed without complaint: the input stopped inside markup.
-                raise TruncatedXml(f"XML document ends early: {exc}") from exc
-            raise XmlSyntaxError(f"XML is not well-formed: {exc}") from exc
-        since_top = 0 if handled else since_top + len(data)
-        if since_top > limits.max_element_bytes:
-            raise ElementTooLarge(since_top, limits.max_element_bytes)
-        lines_before += data.count(b"\n")
+    finally:
+        if splitter is not None:
+            splitter.close()
 
     if not root_closed:
         raise TruncatedXml("XML document ends before </feedback>")
@@ -618,10 +669,35 @@ def parse_aggregate(
     )
 
 
+def _ends_document(
+    exc: etree.XMLSyntaxError,
+    doc: _Document,
+    cleaner: XmlCleaner,
+    data: bytes,
+    rest: Iterator[bytes],
+    lines_before: int,
+    root_closed: bool,
+) -> bool:
+    """Whether a syntax error only ends the document early without losing anything."""
+    if _undeclared_prefix_only(exc, cleaner):
+        return True
+    return root_closed or _recoverable(exc, doc, cleaner, data, rest, lines_before)
+
+
+def _syntax_error(exc: etree.XMLSyntaxError, limits: Limits, *, closing: bool) -> RuaSinkError:
+    text = str(exc)
+    if "Excessive depth" in text:
+        return XmlTooDeep(257, limits.max_xml_depth, f"XML nesting too deep: {exc}")
+    if closing:
+        # Everything was fed without complaint: the input stopped inside markup.
+        return TruncatedXml(f"XML document ends early: {exc}")
+    return XmlSyntaxError(f"XML is not well-formed: {exc}")
+
+
 def _check_root(root: Any, doc: _Document) -> Any:
     tag = root.tag if isinstance(root.tag, str) else ""
-    if _local(tag) != "feedback":
-        raise InvalidReport(f"root element is <{_local(tag)[:40]}>, not <feedback>")
+    if local_name(tag) != "feedback":
+        raise InvalidReport(f"root element is <{local_name(tag)[:40]}>, not <feedback>")
     doc.root_ns = tag[1:].partition("}")[0] if tag[:1] == "{" else None
     return root
 
@@ -670,7 +746,7 @@ def _recoverable(
     m = _MISMATCH.search(str(exc))
     if m is None or doc.metadata is None:
         return False
-    if _local(m.group(2)) != "feedback" or _local(m.group(1).rpartition(":")[2]) in _KNOWN:
+    if local_name(m.group(2)) != "feedback" or local_name(m.group(1).rpartition(":")[2]) in KNOWN:
         return False
     offset = 0
     for _ in range(max((exc.lineno or 1) - lines_before - 1, 0)):

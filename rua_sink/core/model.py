@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .errors import RuaSinkError
 
@@ -227,6 +227,17 @@ class Record(NamedTuple):
 
 
 @dataclass(frozen=True, slots=True)
+class RecordBatch:
+    """Consecutive records of an aggregate report parsed in a worker process (see
+    ``fanout``): only what the consumer's ``encode`` made of them crosses over."""
+
+    payload: Any
+    count: int  # records
+    messages: int  # the sum of their counts
+    cpu_seconds: float  # the worker's parse and encode time
+
+
+@dataclass(frozen=True, slots=True)
 class AggregateReport:
     """The head of an aggregate report: yielded before its records."""
 
@@ -355,5 +366,12 @@ class PartFailed:
 
 
 Event = (
-    MessageInfo | AggregateReport | Record | AggregateEnd | TlsReport | FailureReport | PartFailed
+    MessageInfo
+    | AggregateReport
+    | Record
+    | RecordBatch
+    | AggregateEnd
+    | TlsReport
+    | FailureReport
+    | PartFailed
 )

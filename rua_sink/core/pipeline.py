@@ -23,6 +23,7 @@ from typing import IO
 from .aggregate import parse_aggregate
 from .errors import MessageTooLarge, NotAReport, RuaSinkError, UnknownFormat
 from .failure import parse_feedback
+from .fanout import Fanout
 from .limits import Limits
 from .mime import CapturedPart, FailedPart, MimeWalker, SpooledPart, SpoolFactory, WalkResult
 from .model import Event, MessageInfo, PartFailed, PartInfo
@@ -42,6 +43,7 @@ def parse_message(
     chunks: Iterable[bytes],
     limits: Limits = DEFAULT_LIMITS,
     spool: SpoolFactory = default_spool,
+    fanout: Fanout | None = None,
 ) -> Iterator[Event]:
     walker = MimeWalker(limits, spool)
     feedback: list[CapturedPart] = []
@@ -53,7 +55,7 @@ def parse_message(
                 yield item
             elif isinstance(item, SpooledPart):
                 try:
-                    yield from parse_part(item.file, item.info, limits, spool)
+                    yield from parse_part(item.file, item.info, limits, spool, fanout)
                 finally:
                     item.file.close()
             elif isinstance(item, FailedPart):
@@ -75,7 +77,11 @@ def parse_message(
 
 
 def parse_part(
-    file: IO[bytes], info: PartInfo, limits: Limits, spool: SpoolFactory
+    file: IO[bytes],
+    info: PartInfo,
+    limits: Limits,
+    spool: SpoolFactory,
+    fanout: Fanout | None = None,
 ) -> Iterator[Event]:
     """Every report in one decoded part; failures become ``PartFailed`` values."""
     layers = payloads(file, info, limits, spool)
@@ -88,14 +94,14 @@ def parse_part(
             yield PartFailed(info, exc)
             break
         try:
-            yield from _documents(payload, limits)
+            yield from _documents(payload, limits, fanout)
         except RuaSinkError as exc:
             yield PartFailed(payload.info, exc)
 
 
-def _documents(payload: Payload, limits: Limits) -> Iterator[Event]:
+def _documents(payload: Payload, limits: Limits, fanout: Fanout | None) -> Iterator[Event]:
     if payload.kind is Kind.XML:
-        yield from parse_aggregate(payload.chunks, payload.info, limits)
+        yield from parse_aggregate(payload.chunks, payload.info, limits, fanout)
     elif payload.kind is Kind.JSON:
         yield parse_tlsrpt(payload.chunks, payload.info, limits)
     else:
@@ -123,11 +129,13 @@ def parse_stream(
     name: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
     spool: SpoolFactory = default_spool,
+    fanout: Fanout | None = None,
 ) -> Iterator[Event]:
-    """Like ``parse_file`` for an open, seekable file positioned at its start."""
+    """Like ``parse_file`` for an open, seekable file positioned at its start. With
+    ``fanout``, large aggregate reports are parsed on several cores."""
     head = file.read(64)
     file.seek(0)
     if is_bare_report(head):
-        yield from parse_part(file, PartInfo(index=1, filename=name), limits, spool)
+        yield from parse_part(file, PartInfo(index=1, filename=name), limits, spool, fanout)
     else:
-        yield from parse_message(file_chunks(file, CHUNK), limits, spool)
+        yield from parse_message(file_chunks(file, CHUNK), limits, spool, fanout)

@@ -46,6 +46,11 @@ class XmlCleaner:
         self._check_utf8 = True
         self._carry = b""
 
+    @property
+    def utf8(self) -> bool:
+        """Whether the document is UTF-8 (declared so, or by default), as far as known."""
+        return self._check_utf8
+
     def note(self, repair: str) -> None:
         """Record a repair once, in the order repairs were first made."""
         if repair not in self.repairs:
