@@ -212,3 +212,31 @@ def test_parser_reads_no_external_resource(tmp_path: Path) -> None:
     parser.feed(doc.encode())
     root = parser.close()
     assert b"TOP-SECRET" not in etree.tostring(root)
+
+
+def test_an_earlier_broken_document_does_not_change_the_repairs() -> None:
+    # The errors of a document abandoned half-way stay in lxml's log of the thread; the
+    # next document's stray prefix must still be recognized as such.
+    with pytest.raises(TruncatedXml):
+        parse(report_xml(3)[:-40])
+    doc = report_xml(3, head_extra="<xs:schema><xs:element/></xs:schema>")
+    _, records, end = parse(doc)
+    assert len(records) == 3
+    assert end.repairs == ("undeclared_namespace_prefix",)
+
+
+def test_trailing_markup_read_in_the_same_feed_as_the_root_end() -> None:
+    doc = report_xml(3) + b"<trailing>" + b"a" * 100 + b"</trailing>\n"
+    for size in (64, len(doc)):
+        _, records, end = parse(doc, size)
+        assert len(records) == 3
+        assert end.repairs == ("trailing_content",)
+
+
+def test_records_read_in_the_feed_that_fails_are_not_lost() -> None:
+    # An element left open around the last records: the error comes with </feedback>,
+    # in the same feed as the records; they are read, and the repair is noted.
+    doc = report_xml(body="<wrapper>" + "".join(record_xml(f"192.0.2.{i}") for i in range(1, 9)))
+    _, records, end = parse(doc, len(doc))
+    assert len(records) == 8
+    assert end.repairs == ("unclosed_element",)

@@ -522,6 +522,10 @@ _PARSER_OPTIONS: dict[str, Any] = {
 
 def new_parser() -> Any:
     """The pull parser of a document: "end" events of the top-level elements only."""
+    # lxml keeps the errors of a thread's parsers in one log, which an exception's
+    # error_log copies: without this, the errors of a broken document read earlier in
+    # this thread would be taken for this one's (see _undeclared_prefix_only).
+    etree.clear_error_log()
     parser = etree.XMLPullParser(events=("end",), tag=_EVENT_TAGS, **_PARSER_OPTIONS)
     parser.resolvers.add(_NothingResolver())
     return parser
@@ -529,6 +533,7 @@ def new_parser() -> Any:
 
 def new_tree_parser() -> Any:
     """The same parser for a whole (small) document at once, without events."""
+    etree.clear_error_log()
     parser = etree.XMLParser(**_PARSER_OPTIONS)
     parser.resolvers.add(_NothingResolver())
     return parser
@@ -589,43 +594,48 @@ def parse_aggregate(
                     continue
                 assert isinstance(piece, bytes)
                 handled = at_record_end = False
-                try:
-                    for at in range(0, len(piece), FEED_BYTES):
+                error: etree.XMLSyntaxError | None = None
+                for at in range(0, len(piece), FEED_BYTES):
+                    try:
                         # Small feeds keep the unread part of the tree in the CPU cache.
                         parser.feed(piece[at : at + FEED_BYTES])
-                        for _event, el in parser.read_events():
-                            at_record_end = False
-                            if root is None:
-                                root = _check_root(el.getroottree().getroot(), doc)
-                                if splitter is not None:
-                                    splitter.start(root)
-                            parent = el.getparent()
-                            if parent is None:
-                                root_closed = True
-                                continue
-                            if parent is not root and (
-                                parent.getparent() is not root or local_name(parent.tag) in KNOWN
-                            ):
-                                continue  # nested inside a record or metadata: read with it
-                            name = local_name(el.tag)
-                            if name == "record" and doc.head is not None:
-                                yield doc.read_record(el)  # the common case
-                                at_record_end = parent is root
-                            else:
-                                _check_depth(el, 2, max_depth)  # small: metadata, policy
-                                yield from doc.top_level(name, el)
-                            # Drop what has been read, and any stray siblings before it.
-                            el.clear()
-                            while (prev := el.getprevious()) is not None:
-                                parent.remove(prev)
-                            parent.remove(el)
-                            handled = True
-                except etree.XMLSyntaxError as exc:
+                    except etree.XMLSyntaxError as exc:
+                        error = exc  # what was parsed before it is still read below
+                    for _event, el in parser.read_events():
+                        at_record_end = False
+                        if root is None:
+                            root = _check_root(el.getroottree().getroot(), doc)
+                            if splitter is not None:
+                                splitter.start(root)
+                        parent = el.getparent()
+                        if parent is None:
+                            root_closed = True
+                            continue
+                        if parent is not root and (
+                            parent.getparent() is not root or local_name(parent.tag) in KNOWN
+                        ):
+                            continue  # nested inside a record or metadata: read with it
+                        name = local_name(el.tag)
+                        if name == "record" and doc.head is not None:
+                            yield doc.read_record(el)  # the common case
+                            at_record_end = parent is root
+                        else:
+                            _check_depth(el, 2, max_depth)  # small: metadata, policy
+                            yield from doc.top_level(name, el)
+                        # Drop what has been read, and any stray siblings before it.
+                        el.clear()
+                        while (prev := el.getprevious()) is not None:
+                            parent.remove(prev)
+                        parent.remove(el)
+                        handled = True
+                    if error is not None:
+                        break
+                if error is not None:
                     rest = itertools.chain((p for p in pieces if isinstance(p, bytes)), stream)
-                    if _ends_document(exc, doc, cleaner, piece, rest, lines_before, root_closed):
+                    if _ends_document(error, doc, cleaner, piece, rest, lines_before, root_closed):
                         root_closed = ended = True
                         break
-                    raise _syntax_error(exc, limits, closing=False) from exc
+                    raise _syntax_error(error, limits, closing=False) from error
                 if splitter is not None:
                     splitter.at_record_end = at_record_end
                     splitter.ready = doc.head is not None
@@ -681,7 +691,10 @@ def _ends_document(
     """Whether a syntax error only ends the document early without losing anything."""
     if _undeclared_prefix_only(exc, cleaner):
         return True
-    return root_closed or _recoverable(exc, doc, cleaner, data, rest, lines_before)
+    if root_closed:  # content after the root element, read in the same feed
+        cleaner.note("trailing_content")
+        return True
+    return _recoverable(exc, doc, cleaner, data, rest, lines_before)
 
 
 def _syntax_error(exc: etree.XMLSyntaxError, limits: Limits, *, closing: bool) -> RuaSinkError:
