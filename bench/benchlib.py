@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from rua_sink.core.limits import Limits
 from tests.pg import scratch_database
-from tests.procs import proc_status
+from tests.procs import descendants, proc_pss, proc_status
 from tests.reports import LARGE_HEAD, LARGE_RECORD, build_email, gz, message
 from tests.smtpserver import RUA, Server, running
 
@@ -25,7 +25,9 @@ __all__ = [
     "Server",
     "add_database_argument",
     "build_email",
+    "descendants",
     "fmt_runs",
+    "proc_pss",
     "proc_status",
     "run_child",
     "scratch_database",

@@ -40,11 +40,19 @@ CHILD = textwrap.dedent(
     from rua_sink.core.limits import Limits
     from rua_sink.core.model import AggregateEnd
     from rua_sink.core.pipeline import parse_stream
+    from rua_sink.heap import fix_mmap_threshold
     from rua_sink.ingest import Ingester
     from rua_sink.parsepool import ParsePool
     from rua_sink.store import Envelope, Store
 
     path, url, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    fix_mmap_threshold()  # as `rua-sink ingest` and `serve` do
+
+    def pss(pid):
+        # Pss: the process's resident pages, those it shares counted by share (workers
+        # share the code and modules they are forked with)
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            return next(int(l.split()[1]) * 1024 for l in rollup if l.startswith("Pss:"))
 
     def peak(pid="self"):
         # VmHWM: the peak of a process's own memory map (ru_maxrss would also count
@@ -72,16 +80,17 @@ CHILD = textwrap.dedent(
             result = await ingester.ingest(f, Envelope(source=path))
         seconds = time.perf_counter() - t0
         worker_rss = [peak(pid) for pid in parse_pool.pids()]
+        worker_pss = [pss(pid) for pid in parse_pool.pids()]
         parse_pool.close()
         rows = await pool.fetchval("SELECT count(*) FROM aggregate_records")
         await pool.close()
-        return result.records, rows, seconds, worker_rss
+        return result.records, rows, seconds, worker_rss, worker_pss
 
-    records, rows, seconds, worker_rss = asyncio.run(store())
+    records, rows, seconds, worker_rss, worker_pss = asyncio.run(store())
     rss = peak()
     parsed, parse_seconds = parse_only()
     print(json.dumps({"records": records, "rows": rows, "seconds": seconds, "rss": rss,
-                      "worker_rss": max(worker_rss, default=0), "workers_rss": sum(worker_rss),
+                      "worker_rss": max(worker_rss, default=0), "workers_pss": sum(worker_pss),
                       "parse_seconds": parse_seconds, "parsed": parsed}))
     """
 )
@@ -126,10 +135,10 @@ def main() -> None:
         print(f"  peak RSS of the ingesting process: {rss / 2**20:.1f} MiB")
         if args.workers:
             worker = max(r["worker_rss"] for r in runs)
-            workers = max(r["workers_rss"] for r in runs)
+            workers = max(r["workers_pss"] for r in runs)
             print(
-                f"  peak RSS of a parse worker: {worker / 2**20:.1f} MiB  "
-                f"(all {args.workers}: {workers / 2**20:.1f} MiB)"
+                f"  peak RSS of a parse worker: {worker / 2**20:.1f} MiB; all {args.workers} "
+                f"at the end, shared pages counted once (PSS): {workers / 2**20:.1f} MiB"
             )
 
 

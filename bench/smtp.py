@@ -7,7 +7,8 @@
     of the first source addresses), then on 2,000 more ("warm"), as a long-running MX
     sees it;
 (b) one 400,000-record gzip'd report: records/s from the start of DATA to the 250, and the
-    server's peak RSS (VmHWM of its process) over the whole run.
+    server's peak RSS (VmHWM of its process) over the whole run, and that of its parse
+    workers (RUA_SINK_PARSE_WORKERS), with the PSS of the whole process tree at the end.
 
     python bench/smtp.py [--messages 2000] [--sessions 20] [--records 400000]
 
@@ -32,6 +33,8 @@ from benchlib import (
     RUA,
     add_database_argument,
     build_email,
+    descendants,
+    proc_pss,
     proc_status,
     serving,
     small_message,
@@ -51,8 +54,18 @@ def main() -> None:
         run(args, server.smtp_port)
         # VmHWM is the kernel's own high-water mark of the process's RSS: read once, at
         # the end, it is the peak over the whole run.
-        peak = proc_status(server.process.pid, "VmHWM")
+        pid = server.process.pid
+        peak = proc_status(pid, "VmHWM")
         print(f"server peak RSS over the run: {peak / 2**20:.1f} MiB")
+        helpers = descendants(pid)  # the fork server and the parse workers
+        if helpers:
+            worst = max(proc_status(p, "VmHWM") for p in helpers)
+            tree = sum(proc_pss(p) for p in [pid, *helpers])
+            print(
+                f"  {len(helpers)} helper processes (fork server, parse workers): peak RSS "
+                f"{worst / 2**20:.1f} MiB at most; the whole tree's PSS at the end: "
+                f"{tree / 2**20:.1f} MiB"
+            )
 
 
 def run(args: argparse.Namespace, port: int) -> None:

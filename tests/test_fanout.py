@@ -35,7 +35,9 @@ def executor() -> Iterator[ProcessPoolExecutor]:
         yield pool
 
 
-def run(doc: bytes, fanout: Fanout | None, limits: Limits | None = None) -> tuple[Any, ...]:
+def run(
+    doc: bytes, fanout: Fanout | None, limits: Limits | None = None
+) -> tuple[tuple[Any, ...], int]:
     """(head, COPY lines, totals, batches) of a document, or the error it raises."""
     chunks = iter([doc[i : i + 1000] for i in range(0, len(doc), 1000)])
     lines: list[str] = []
