@@ -40,13 +40,11 @@ CHILD = textwrap.dedent(
     from rua_sink.core.limits import Limits
     from rua_sink.core.model import AggregateEnd
     from rua_sink.core.pipeline import parse_stream
-    from rua_sink.heap import fix_mmap_threshold
     from rua_sink.ingest import Ingester
     from rua_sink.parsepool import ParsePool
     from rua_sink.store import Envelope, Store
 
     path, url, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    fix_mmap_threshold()  # as `rua-sink ingest` and `serve` do
 
     def pss(pid):
         # Pss: the process's resident pages, those it shares counted by share (workers

@@ -21,7 +21,6 @@ import asyncpg
 from . import backfill, config, migrate
 from .core.limits import Limits
 from .database import DatabaseError, embedded, ensure_database, resolve_url
-from .heap import fix_mmap_threshold
 from .ingest import Ingester, IngestResult, Outcome
 from .parsepool import ParsePool
 from .store import Envelope, Store
@@ -47,7 +46,6 @@ async def open_store(*, apply_migrations: bool = True) -> AsyncIterator[Store]:
 async def parse_pool() -> AsyncIterator[ParsePool]:
     """Parse workers for large reports, as RUA_SINK_PARSE_WORKERS says; they start with
     the first large report and stop with the command."""
-    fix_mmap_threshold()  # large buffers come and go: see heap
     setting = config.SETTINGS["parse_workers"]
     try:
         workers = setting.parse(os.environ.get(setting.env, setting.default))

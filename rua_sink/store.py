@@ -87,7 +87,9 @@ class RawMessage:
     @classmethod
     def read(cls, file: IO[bytes], chunk: int = 1 << 20) -> RawMessage:
         digest = hashlib.sha256()
-        packer = zlib.compressobj(6, zlib.DEFLATED, 31)  # 31: gzip container
+        # Level 1: report mail is mostly base64 of compressed data, which level 6 packs
+        # only 1.4% smaller (a 12 MB report email), in 1.4 times the time.
+        packer = zlib.compressobj(1, zlib.DEFLATED, 31)  # 31: gzip container
         parts: list[bytes] = []
         size = 0
         while data := file.read(chunk):

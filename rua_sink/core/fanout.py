@@ -1,8 +1,8 @@
 """One large aggregate report parsed on several cores.
 
 A report of hundreds of thousands of records is one XML document, and one Python
-process parses it at about one core's speed. Past its first ``segment_bytes``, the
-document's records are cut into segments of about that size at record end tags and
+process parses it at about one core's speed. Past its first ``segment_bytes`` (half a
+MiB), the document's records are cut into segments of about that size at record end tags and
 parsed in worker processes; the sequential parser of ``aggregate`` keeps everything
 else (the head, the tail, counts and limits) and sees each parsed segment as if it had
 read it: its records arrive as one ``RecordBatch``, in document order.
@@ -49,8 +49,9 @@ class Fanout:
     executor: Executor
     #: Runs in a worker on each segment's records; module-level, so that it pickles.
     encode: Callable[[list[Record]], Any]
-    #: Bytes of XML read sequentially before the rest is cut, and the size of a cut.
-    segment_bytes: int = 1 * MiB
+    #: Bytes of XML read sequentially before the rest is cut, and the size of a cut:
+    #: larger segments cost the receiving process more memory, smaller ones more trips.
+    segment_bytes: int = 512 * 1024
     #: Segments of one document submitted and not yet consumed.
     in_flight: int = 4
 

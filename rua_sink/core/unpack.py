@@ -30,7 +30,9 @@ from .limits import Limits
 from .model import PartInfo
 from .sniff import Kind, sniff
 
-CHUNK = 256 * 1024
+# Below glibc's mmap threshold, which ``serve`` pins (see heap): buffers of this size are
+# reused from the heap, where larger ones would each be mapped, zeroed and unmapped.
+CHUNK = 64 * 1024
 _HEAD = 16
 
 Chunks = Iterator[bytes]

@@ -117,7 +117,7 @@ class XmlCleaner:
             data = self._fix(_AMP, b"&amp;", data, "unescaped_ampersand")
         if _LT_SUSPECT.search(data):
             data = self._fix(_LT, b"&lt;", data, "unescaped_lt")
-        if self._check_utf8:
+        if self._check_utf8 and not data.isascii():  # ASCII is UTF-8: the common case
             try:
                 data.decode("utf-8")
             except UnicodeDecodeError:
