@@ -48,7 +48,7 @@ async def parse_pool() -> AsyncIterator[ParsePool]:
     the first large report and stop with the command."""
     setting = config.SETTINGS["parse_workers"]
     try:
-        workers = setting.parse(os.environ.get(setting.env, setting.default))
+        workers = setting.read()
     except ValueError as exc:
         raise config.ConfigError(f"{setting.env}: {exc}") from exc
     pool = ParsePool(workers)
@@ -242,7 +242,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
     keep_failures = args.failure_older_than
     if keep_failures is None:
         setting = config.SETTINGS["failure_retention"]
-        keep_failures = setting.parse(os.environ.get(setting.env, setting.default))
+        keep_failures = setting.read()
     failure_cutoff = now - keep_failures
 
     async def run() -> dict[str, int]:

@@ -92,6 +92,10 @@ class Setting:
     #: The text (from the environment, or the default) to the value; ValueError if bad.
     parse: Callable[[str], Any] = str.strip
 
+    def read(self, env: Mapping[str, str] = os.environ) -> Any:
+        """The value ``env`` sets, else the default's; ValueError if bad."""
+        return self.parse(env.get(self.env, self.default))
+
 
 #: name -> (environment variable, default as text, meaning, parser); the README table
 #: mirrors it, and ``Settings`` has one field of each name.
@@ -265,9 +269,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
         try:
-            values: dict[str, Any] = {
-                name: s.parse(env.get(s.env, s.default)) for name, s in SETTINGS.items()
-            }
+            values: dict[str, Any] = {name: s.read(env) for name, s in SETTINGS.items()}
             values["limits"] = Limits.from_env(env)
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc

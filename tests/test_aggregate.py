@@ -237,6 +237,19 @@ def test_records_read_in_the_feed_that_fails_are_not_lost() -> None:
     # An element left open around the last records: the error comes with </feedback>,
     # in the same feed as the records; they are read, and the repair is noted.
     doc = report_xml(body="<wrapper>" + "".join(record_xml(f"192.0.2.{i}") for i in range(1, 9)))
+    # Line breaks after </feedback>: the byte filter holds nothing back, and the records,
+    # </feedback> and the error all come in the one feed.
+    doc += b"\n" * 16
     _, records, end = parse(doc, len(doc))
     assert len(records) == 8
     assert end.repairs == ("unclosed_element",)
+
+
+def test_a_record_after_the_unclosed_element_error_is_not_repaired() -> None:
+    # The same, with a record after </feedback> on the error's line: the document is
+    # broken, not repaired, however it is fed.
+    body = "<wrapper>" + record_xml() + "</feedback>" + record_xml("192.0.2.2")
+    doc = report_xml(body=body).replace(b"</feedback>\n", b"\n" * 16)
+    for size in (64, len(doc)):
+        with pytest.raises(XmlSyntaxError):
+            parse(doc, size)

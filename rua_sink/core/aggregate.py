@@ -679,24 +679,6 @@ def parse_aggregate(
     )
 
 
-def _ends_document(
-    exc: etree.XMLSyntaxError,
-    doc: _Document,
-    cleaner: XmlCleaner,
-    data: bytes,
-    rest: Iterator[bytes],
-    lines_before: int,
-    root_closed: bool,
-) -> bool:
-    """Whether a syntax error only ends the document early without losing anything."""
-    if _undeclared_prefix_only(exc, cleaner):
-        return True
-    if root_closed:  # content after the root element, read in the same feed
-        cleaner.note("trailing_content")
-        return True
-    return _recoverable(exc, doc, cleaner, data, rest, lines_before)
-
-
 def _syntax_error(exc: etree.XMLSyntaxError, limits: Limits, *, closing: bool) -> RuaSinkError:
     text = str(exc)
     if "Excessive depth" in text:
@@ -745,28 +727,44 @@ def _undeclared_prefix_only(exc: etree.XMLSyntaxError, cleaner: XmlCleaner) -> b
     return False
 
 
-def _recoverable(
+def _ends_document(
     exc: etree.XMLSyntaxError,
     doc: _Document,
     cleaner: XmlCleaner,
     data: bytes,
     rest: Iterator[bytes],
     lines_before: int,
+    root_closed: bool,
 ) -> bool:
-    """Stray markup that loses nothing (SPEC.md I.60): an element of no DMARC name left
-    open before ``</feedback>``. The document is complete if no record follows the
-    point of the error."""
+    """Whether a syntax error only ends the document, losing nothing; the repair is
+    noted. That is: an undeclared prefix (see ``_undeclared_prefix_only``); content
+    after the root element, read in the same feed as its end; or stray markup (SPEC.md
+    I.60), an element of no DMARC name left open before ``</feedback>``, when no record
+    follows the point of the error (``data``, the bytes fed with ``lines_before`` lines
+    before them, then ``rest``)."""
+    if _undeclared_prefix_only(exc, cleaner):
+        return True
+    if root_closed:
+        cleaner.note("trailing_content")
+        return True
     m = _MISMATCH.search(str(exc))
     if m is None or doc.metadata is None:
         return False
     if local_name(m.group(2)) != "feedback" or local_name(m.group(1).rpartition(":")[2]) in KNOWN:
         return False
     offset = 0
+    line_start = lines_before == 0  # data's first line starts in data only at the top
     for _ in range(max((exc.lineno or 1) - lines_before - 1, 0)):
         nxt = data.find(b"\n", offset)
         if nxt < 0:
+            line_start = False
             break
         offset = nxt + 1
+        line_start = True
+    if line_start:
+        # The error's line starts in ``data``: add its column. libxml2 counts characters,
+        # at most the bytes, so the search starts at the error or before it, never after.
+        offset = min(offset + max(exc.position[1] - 1, 0), len(data))
     if _RECORD_AT.search(data, offset):
         return False
     tail = b""

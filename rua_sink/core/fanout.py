@@ -174,10 +174,7 @@ class Splitter:
         """Every pending segment's result, then what is held, for the parser."""
         while self.pending:
             yield from self._collect()
-        if self.held:
-            rest = bytes(self.held)
-            self.held.clear()
-            yield rest
+        yield from self._release_held()
 
     def close(self) -> None:
         for future, _ in self.pending:
@@ -236,6 +233,12 @@ class Splitter:
             yield b"\n" * newlines + b"<!---->"
         yield batch
 
+    def _release_held(self) -> Iterator[bytes]:
+        if self.held:
+            rest = bytes(self.held)
+            self.held.clear()
+            yield rest
+
     def _fall_back(self) -> Iterator[bytes]:
         """The parser reads every pending segment and the rest of the document itself."""
         self.off = True
@@ -243,10 +246,7 @@ class Splitter:
             future, segment = self.pending.popleft()
             future.cancel()
             yield segment
-        if self.held:
-            rest = bytes(self.held)
-            self.held.clear()
-            yield rest
+        yield from self._release_held()
 
 
 def _last_record_end(buf: bytearray, start: int) -> int:
