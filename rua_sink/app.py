@@ -39,6 +39,12 @@ from .store import Store
 log = logs.get("rua_sink")
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """A connection goes back to the pool as it is. Nothing here leaves session state behind
+    (settings, LISTEN, session locks), and asyncpg rolls back a transaction left open
+    itself. asyncpg's default reset would cost a round trip for every message."""
+
+
 @dataclass
 class App:
     settings: Settings
@@ -60,7 +66,7 @@ class App:
     async def create(cls, settings: Settings, database_url: str) -> App:
         services = ServiceMap.load(settings.services_file)  # a broken file stops us here
         await ensure_database(database_url)
-        pool = await asyncpg.create_pool(database_url, min_size=2, max_size=20)
+        pool = await asyncpg.create_pool(database_url, min_size=2, max_size=20, reset=keep_session)
         async with pool.acquire() as conn:
             await migrate.migrate(conn)
         store = Store(pool)

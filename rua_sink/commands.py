@@ -289,8 +289,16 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         print("rua-sink: set RUA_SINK_ADDRESSES to the report addresses to accept", file=sys.stderr)
         return 2
     url = resolve_url(os.environ)
+    # uvloop's transports and scheduling, in C, take a fifth less CPU a small message
+    # than the standard loop's (bench/smtp.py).
+    factory = None
+    if settings.event_loop == "uvloop":
+        import uvloop  # noqa: PLC0415
+
+        factory = uvloop.new_event_loop
     try:
-        asyncio.run(serve(settings, url))
+        with asyncio.Runner(loop_factory=factory) as runner:
+            runner.run(serve(settings, url))
     except ConfigError as exc:  # found while starting: the services file
         print(f"rua-sink: {exc}", file=sys.stderr)
         return 2

@@ -223,6 +223,11 @@ SETTINGS: dict[str, Setting] = {
         "(auto: one per CPU, and one more; 0: parse in the receiving process)",
         _workers,
     ),
+    "event_loop": Setting(
+        "RUA_SINK_EVENT_LOOP",
+        "uvloop",
+        "the event loop: uvloop (libuv, the faster) or asyncio (the standard library's)",
+    ),
     "identify_interval": Setting(
         "RUA_SINK_IDENTIFY_INTERVAL",
         "300",
@@ -263,6 +268,7 @@ class Settings:
     services_file: str
     identify_concurrency: int
     parse_workers: int
+    event_loop: str
     identify_interval: float
     limits: Limits
 
@@ -282,6 +288,8 @@ class Settings:
             raise ConfigError("RUA_SINK_UNAUTHORIZED must be reject or flag")
         if self.require_authenticated not in ("off", "flag", "reject"):
             raise ConfigError("RUA_SINK_REQUIRE_AUTHENTICATED must be off, flag or reject")
+        if self.event_loop not in ("uvloop", "asyncio"):
+            raise ConfigError("RUA_SINK_EVENT_LOOP must be uvloop or asyncio")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("RUA_SINK_TLS_CERT and RUA_SINK_TLS_KEY go together")
         for address in self.addresses + self.failure_addresses:

@@ -9,10 +9,9 @@ to its savepoint and the message is quarantined with the reason.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import zlib
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
@@ -323,9 +322,15 @@ class Store:
         if not self.has_partition(month):
             raise MissingPartition(month)
         data = ("\n".join(lines) + "\n").encode("utf-8", "surrogateescape")
+
+        async def source() -> AsyncIterator[bytes]:
+            # An iterator, not a file: asyncpg reads a file in a thread, two hand-overs
+            # for each batch.
+            yield data
+
         try:
             await conn.copy_to_table(
-                "aggregate_records", source=io.BytesIO(data), columns=RECORD_COLUMNS, format="text"
+                "aggregate_records", source=source(), columns=RECORD_COLUMNS, format="text"
             )
         except asyncpg.CheckViolationError as exc:  # "no partition of relation ... found"
             self._partitions.discard(month)

@@ -227,6 +227,21 @@ def test_sessions_per_client_address(tight: Server) -> None:
         assert smtp.noop()[0] == 250
 
 
+def test_a_client_gone_before_its_greeting_frees_its_slot(tight: Server) -> None:
+    # Each connection closes at once: the server sees its end before the greeting.
+    for _ in range(6):
+        socket.create_connection(("127.0.0.1", tight.smtp_port)).close()
+    time.sleep(0.5)
+    held = [socket.create_connection(("127.0.0.1", tight.smtp_port)) for _ in range(3)]
+    try:
+        assert all(conn.recv(512).startswith(b"220 ") for conn in held)
+    finally:
+        for conn in held:
+            conn.close()
+    tight.log.seek(0)
+    assert '"level": "error"' not in tight.log.read()  # refusals end without a traceback
+
+
 def test_recipients_per_message(tight: Server) -> None:
     with tight.client() as smtp:
         smtp.ehlo("x.example")
