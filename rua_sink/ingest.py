@@ -39,6 +39,7 @@ from .core.model import (
     AggregateReport,
     Event,
     FailureReport,
+    MessageInfo,
     PartFailed,
     Record,
     RecordBatch,
@@ -93,6 +94,8 @@ class IngestResult:
     document_bytes: int = 0
     #: TLS sessions in the new TLS reports, by (policy domain or None, "success"/"failure")
     tls_sessions: Counter[tuple[str | None, str]] = field(default_factory=Counter)
+    #: Stored in one statement, as one whole aggregate report (``Ingester.ingest``)
+    one_statement: bool = False
 
 
 #: Called with each report's type and policy domains before it is stored; returns the
@@ -168,6 +171,11 @@ async def events_in_thread(
             queue.get_nowait()
 
 
+#: A message's events up to this many are read ahead of its transaction, to see whether
+#: it is one whole aggregate report and nothing else (see ``Ingester.ingest``).
+READ_AHEAD = 1000
+
+
 class Ingester:
     """Stores messages through a ``Store``; one instance serves many messages at once."""
 
@@ -180,8 +188,12 @@ class Ingester:
         keep_non_reports: bool = True,
         failure_keep_body: bool = False,
         fanout: Fanout | None = None,
+        read_ahead: int = READ_AHEAD,
     ) -> None:
         self.store = store
+        #: Events of a small message read before its transaction (0: none, and every
+        #: message takes the transaction path).
+        self.read_ahead = read_ahead
         #: Worker processes for the records of large reports (``core.fanout``).
         self.fanout = fanout
         self.limits = limits
@@ -205,8 +217,23 @@ class Ingester:
         small = _size(file) <= INLINE_BYTES
         raw = RawMessage.read(file) if small else await asyncio.to_thread(RawMessage.read, file)
         when = received_at or datetime.now(UTC)
-        for _ in range(24):
+        inline: _Inline | None = None
+        if small and self.read_ahead:
+            # Most report mail is one small aggregate report: read ahead, and if that is
+            # all, store it in one statement, one round trip, with no transaction to open.
             file.seek(0)
+            inline = _Inline(file, _name(envelope), self.limits)
+            await inline.read(self.read_ahead)
+            report = inline.one_report()
+            if report is not None:
+                alone = await self._alone(raw, envelope, when, authorize, inline, report)
+                if alone is not None:
+                    return alone
+                inline = None
+        for attempt in range(24):
+            if attempt or inline is None:
+                file.seek(0)
+                inline = None  # parsed again from the start
             try:
                 async with self.store.pool.acquire() as conn:
                     transaction = conn.transaction()
@@ -216,7 +243,9 @@ class Ingester:
                         if raw_id is None:
                             result = IngestResult(Outcome.DUPLICATE, None)
                         else:
-                            result = await self._process(conn, raw_id, file, envelope, authorize)
+                            result = await self._process(
+                                conn, raw_id, file, envelope, authorize, inline=inline
+                            )
                         if result.outcome is Outcome.NOT_A_REPORT and not self.keep_non_reports:
                             raise _Discard(result)
                     except BaseException:
@@ -232,6 +261,36 @@ class Ingester:
                 await self.store.create_partition(missing.month)
             except _Discard as discard:
                 return discard.result
+        raise RuntimeError("a message needed more than 24 new monthly partitions")
+
+    async def _alone(
+        self,
+        raw: RawMessage,
+        envelope: Envelope,
+        when: datetime,
+        authorize: Authorize | None,
+        inline: _Inline,
+        report: _OneReport,
+    ) -> IngestResult | None:
+        """A message of one aggregate report, in one statement; None if its verdict is
+        an error (refused, or DNS trouble): the transaction path then decides, as for
+        any message, where a message already stored is a duplicate before any check."""
+        result = IngestResult(
+            Outcome.STORED, None, parse_seconds=inline.parse_seconds, one_statement=True
+        )
+        tally = _Tally(self, result, authorize, envelope.auth)
+        for _ in range(24):
+            try:
+                try:
+                    verdict = await tally._head(report[0])
+                except MissingPartition:
+                    raise
+                except Exception:  # noqa: BLE001 - raised again on the other path
+                    return None
+                await tally.alone(raw, envelope, when, verdict, report)
+                return result
+            except MissingPartition as missing:
+                await self.store.create_partition(missing.month)
         raise RuntimeError("a message needed more than 24 new monthly partitions")
 
     async def reprocess(self, raw_id: int) -> IngestResult:
@@ -261,6 +320,7 @@ class Ingester:
         authorize: Authorize | None = None,
         *,
         reprocessing: bool = False,
+        inline: _Inline | None = None,
     ) -> IngestResult:
         result = IngestResult(Outcome.STORED, raw_id)
         run = _Run(self, conn, result, authorize, envelope.auth)
@@ -268,19 +328,13 @@ class Ingester:
         status, reason, detail = "stored", None, None
         limits = self.limits
         try:
-            if _size(file) <= INLINE_BYTES:
-                # A small message parses in a millisecond or so: on the loop, in slices of
-                # events between which other sessions get their turn, it costs less than a
-                # thread hand-over.
-                stream = parse_stream(file, name, limits)
-                while True:
-                    started = time.thread_time()
-                    batch = list(itertools.islice(stream, INLINE_BATCH))
-                    result.parse_seconds += time.thread_time() - started
-                    if not batch:
-                        break
-                    await run.feed(batch)
-                    await asyncio.sleep(0)
+            if inline is not None or _size(file) <= INLINE_BYTES:
+                inline = inline or _Inline(file, name, limits)
+                try:
+                    async for batch in inline.batches():
+                        await run.feed(batch)
+                finally:
+                    result.parse_seconds += inline.parse_seconds
             else:
                 cpu: list[float] = []
                 async with contextlib.aclosing(
@@ -334,13 +388,183 @@ def _size(file: IO[bytes]) -> int:
     return size
 
 
+_OneReport = tuple[AggregateReport, list[Record], AggregateEnd]
+
+
+class _Inline:
+    """A small message's events, parsed on the event loop in slices between which other
+    sessions get their turn: a small message parses in a millisecond or so, less than a
+    thread hand-over costs. Events can be read ahead (``read``); ``batches`` hands them
+    on, then the rest of the stream."""
+
+    def __init__(self, file: IO[bytes], name: str | None, limits: Limits) -> None:
+        self._stream = parse_stream(file, name, limits)
+        self._ended = False
+        #: read ahead and not handed on yet
+        self.events: list[Event] = []
+        #: what the stream raised while reading ahead; ``batches`` raises it in turn
+        self.error: Exception | None = None
+        self.parse_seconds = 0.0
+
+    def _slice(self) -> list[Event]:
+        started = time.thread_time()
+        try:
+            events = list(itertools.islice(self._stream, INLINE_BATCH))
+        finally:
+            self.parse_seconds += time.thread_time() - started
+        self._ended = not events
+        return events
+
+    async def read(self, limit: int) -> None:
+        """Read ahead to the end of the message, or to ``limit`` events or so."""
+        try:
+            while not self._ended and len(self.events) < limit:
+                self.events += self._slice()
+                await asyncio.sleep(0)
+        except Exception as exc:  # noqa: BLE001 - the stream's own error, raised in turn
+            self.error = exc
+            self._ended = True
+
+    def one_report(self) -> _OneReport | None:
+        """The message's one aggregate report, whole, if the message was read to its end
+        and holds nothing else to store."""
+        if not self._ended or self.error is not None:
+            return None
+        head: AggregateReport | None = None
+        end: AggregateEnd | None = None
+        records: list[Record] = []
+        for ev in self.events:
+            kind = type(ev)
+            if kind is Record and head is not None and end is None:
+                records.append(ev)  # type: ignore[arg-type]
+            elif kind is AggregateReport and head is None:
+                head = ev  # type: ignore[assignment]
+            elif kind is AggregateEnd and head is not None and end is None:
+                end = ev  # type: ignore[assignment]
+            elif kind is not MessageInfo:
+                return None
+        return None if head is None or end is None else (head, records, end)
+
+    async def batches(self) -> AsyncGenerator[list[Event], None]:
+        events, self.events = self.events, []
+        for i in range(0, len(events), INLINE_BATCH):
+            yield events[i : i + INLINE_BATCH]
+        if self.error is not None:
+            raise self.error
+        while not self._ended:
+            if events := self._slice():
+                yield events
+            await asyncio.sleep(0)
+
+
 class _Discard(Exception):
     def __init__(self, result: IngestResult) -> None:
         super().__init__("not a report")
         self.result = result
 
 
-class _Run:
+class _Tally:
+    """What a message's reports add to its result: counts, verdicts, message totals."""
+
+    def __init__(
+        self,
+        ingester: Ingester,
+        result: IngestResult,
+        authorize: Authorize | None,
+        auth: MailAuth | None,
+    ) -> None:
+        self.ingester = ingester
+        self.authorize = authorize
+        self.auth = auth
+        self.authenticated = None if auth is None else auth.authenticated
+        self.store = ingester.store
+        self.result = result
+        self.tally: Counter[tuple[Any, Any, Any]] = Counter()  # (disposition, dkim, spf)
+        self.verdict_allowed = True
+        self.begin_at = epoch(0)
+        self.month = month_start(self.begin_at)
+        self.domain = ""
+        self.reporter = ""
+
+    def _stored(self, end: AggregateEnd) -> None:
+        """A new aggregate report is in: it is counted, and its records and messages join
+        the message's totals."""
+        self.result.records += end.record_count
+        self._count(
+            ReportType.AGGREGATE,
+            True,
+            end.report.metadata.report_id,
+            flagged=not self.verdict_allowed,
+        )
+        domain = self.domain if self.verdict_allowed else None
+        for (disposition, dkim, spf), n in self.tally.items():
+            key = (domain, self.reporter, str(disposition), str(dkim), str(spf))
+            self.result.dmarc[key] += n
+        self.tally.clear()
+        if self.verdict_allowed:
+            last = self.result.last_report
+            key2 = (self.domain, self.reporter)
+            last[key2] = max(last.get(key2, 0), end.report.metadata.end)
+
+    def _count(self, kind: ReportType, new: bool, label: str, *, flagged: bool = False) -> None:
+        # flagged: stored, though its domain has not authorized us (RUA_SINK_UNAUTHORIZED=flag)
+        outcome = ("unauthorized" if flagged else "stored") if new else "duplicate"
+        self.result.counts[(str(kind), outcome)] += 1
+        if new:
+            self.result.reports_new += 1
+            self.result.reports.append(f"{kind}:{label}")
+        else:
+            self.result.reports_duplicate += 1
+
+    async def _head(self, head: AggregateReport) -> str | None:
+        """Where a report goes (its month's partition must exist), and its verdict."""
+        self.begin_at = epoch(head.metadata.begin)
+        self.month = month_start(self.begin_at)
+        if not self.store.has_partition(self.month):
+            raise MissingPartition(self.month)
+        self.domain = head.policy.domain
+        self.reporter = reporter_key(head.metadata.org_name, head.metadata.email)
+        self.tally.clear()
+        if self.authorize is None:
+            self.verdict_allowed = True
+            return None
+        verdict = await self.authorize(ReportType.AGGREGATE, (self.domain,))
+        self.verdict_allowed = verdict != "not_authorized"
+        return verdict
+
+    async def alone(
+        self,
+        raw: RawMessage,
+        envelope: Envelope,
+        received_at: datetime,
+        verdict: str | None,
+        report: _OneReport,
+    ) -> None:
+        """Store a message that holds one whole aggregate report, and nothing else to
+        store, in one statement; ``_head`` has given the verdict."""
+        head, records, end = report
+        started = time.perf_counter()
+        raw_id, report_id = await self.store.insert_message_with_report(
+            self.store.pool, raw, envelope, received_at, head, self.reporter, verdict, end, records
+        )
+        result = self.result
+        result.commit_seconds = time.perf_counter() - started
+        if raw_id is None:  # these very bytes are stored already
+            result.outcome = Outcome.DUPLICATE
+            return
+        result.raw_message_id = raw_id
+        result.document_bytes += end.document_bytes
+        if report_id is None:
+            self._count(ReportType.AGGREGATE, False, head.metadata.report_id)
+            result.outcome = Outcome.DUPLICATE
+            return
+        for r in records:
+            self.tally[(r.disposition, r.dkim, r.spf)] += r.count
+        result.aggregate_report_ids.append(report_id)
+        self._stored(end)
+
+
+class _Run(_Tally):
     """What one message's event stream does to its transaction."""
 
     def __init__(
@@ -351,27 +575,21 @@ class _Run:
         authorize: Authorize | None,
         auth: MailAuth | None,
     ) -> None:
-        self.ingester = ingester
-        self.authorize = authorize
-        self.auth = auth
-        self.authenticated = None if auth is None else auth.authenticated
+        super().__init__(ingester, result, authorize, auth)
         #: the message's failure report (RFC 5965 2: one a message), for its archive copy
         self.failure_report: FailureReport | None = None
-        self.store = ingester.store
         self.conn = conn
-        self.result = result
         self.failures: list[PartFailed] = []
         self.rows: list[str] = []  # COPY text: lines, or newline-joined runs of lines
         self.row_count = 0  # the lines in ``rows``
         self.prefix = ""  # the columns every record of the current report shares
-        self.tally: Counter[tuple[Any, Any, Any]] = Counter()  # (disposition, dkim, spf)
-        self.verdict_allowed = True
         self.report: int | None = None  # row id of the aggregate report being loaded
         self.savepoint: Any = None
-        self.begin_at = epoch(0)
-        self.month = month_start(self.begin_at)
-        self.domain = ""
-        self.reporter = ""
+
+    def _quarantine(self, failed: PartFailed, kind: str) -> None:
+        """A part that yields no report: the message is kept, quarantined with its reason."""
+        self.failures.append(failed)
+        self.result.counts[(kind, "quarantined")] += 1
 
     async def feed(self, events: list[Event]) -> None:
         batch = self.ingester.copy_batch
@@ -477,57 +695,6 @@ class _Run:
             await self.store.copy_lines(self.conn, lines, self.month)
         self.result.aggregate_report_ids.append(report)
         self._stored(end)
-
-    def _stored(self, end: AggregateEnd) -> None:
-        """A new aggregate report is in: it is counted, and its records and messages join
-        the message's totals."""
-        self.result.records += end.record_count
-        self._count(
-            ReportType.AGGREGATE,
-            True,
-            end.report.metadata.report_id,
-            flagged=not self.verdict_allowed,
-        )
-        domain = self.domain if self.verdict_allowed else None
-        for (disposition, dkim, spf), n in self.tally.items():
-            key = (domain, self.reporter, str(disposition), str(dkim), str(spf))
-            self.result.dmarc[key] += n
-        self.tally.clear()
-        if self.verdict_allowed:
-            last = self.result.last_report
-            key2 = (self.domain, self.reporter)
-            last[key2] = max(last.get(key2, 0), end.report.metadata.end)
-
-    def _quarantine(self, failed: PartFailed, kind: str) -> None:
-        """A part that yields no report: the message is kept, quarantined with its reason."""
-        self.failures.append(failed)
-        self.result.counts[(kind, "quarantined")] += 1
-
-    def _count(self, kind: ReportType, new: bool, label: str, *, flagged: bool = False) -> None:
-        # flagged: stored, though its domain has not authorized us (RUA_SINK_UNAUTHORIZED=flag)
-        outcome = ("unauthorized" if flagged else "stored") if new else "duplicate"
-        self.result.counts[(str(kind), outcome)] += 1
-        if new:
-            self.result.reports_new += 1
-            self.result.reports.append(f"{kind}:{label}")
-        else:
-            self.result.reports_duplicate += 1
-
-    async def _head(self, head: AggregateReport) -> str | None:
-        """Where a report goes (its month's partition must exist), and its verdict."""
-        self.begin_at = epoch(head.metadata.begin)
-        self.month = month_start(self.begin_at)
-        if not self.store.has_partition(self.month):
-            raise MissingPartition(self.month)
-        self.domain = head.policy.domain
-        self.reporter = reporter_key(head.metadata.org_name, head.metadata.email)
-        self.tally.clear()
-        if self.authorize is None:
-            self.verdict_allowed = True
-            return None
-        verdict = await self.authorize(ReportType.AGGREGATE, (self.domain,))
-        self.verdict_allowed = verdict != "not_authorized"
-        return verdict
 
     async def begin(self, head: AggregateReport) -> None:
         verdict = await self._head(head)

@@ -21,7 +21,7 @@ import asyncpg.pool
 
 from . import __version__
 from .copytext import is_inet
-from .core.model import AggregateEnd, AggregateReport, FailureReport, TlsReport
+from .core.model import AggregateEnd, AggregateReport, FailureReport, Record, TlsReport
 from .mailauth import MailAuth
 
 if TYPE_CHECKING:
@@ -139,6 +139,218 @@ class MissingPartition(Exception):
         self.month = month
 
 
+_RAW_COLUMNS = (
+    "sha256",
+    "size_bytes",
+    "received_at",
+    "peer_ip",
+    "helo",
+    "mail_from",
+    "rcpt_to",
+    "source",
+    "content_gzip",
+    "parser_version",
+    "auth_from_domain",
+    "auth_spf",
+    "auth_spf_domain",
+    "auth_dkim_domains",
+    "auth_dkim_selectors",
+    "auth_dkim_results",
+    "auth_dkim_aligned",
+    "auth_spf_aligned",
+    "auth_dmarc",
+)
+
+#: aggregate_reports' columns after raw_message_id
+_REPORT_COLUMNS = (
+    "reporter",
+    "report_id",
+    "policy_domain",
+    "begin_at",
+    "end_at",
+    "org_name",
+    "email",
+    "extra_contact_info",
+    "generator",
+    "errors",
+    "schema",
+    "version",
+    "adkim",
+    "aspf",
+    "p",
+    "sp",
+    "np",
+    "pct",
+    "fo",
+    "testing",
+    "discovery_method",
+    "extensions",
+    "record_count",
+    "message_count",
+    "part_filename",
+    "part_layers",
+    "authz_verdict",
+    "repairs",
+    "authenticated",
+)
+
+#: A record's own columns (those after the report's four in RECORD_COLUMNS), with their
+#: types, for json_to_recordset.
+_RECORD_TYPES = {
+    "source_ip": "inet",
+    "source_ip_text": "text",
+    "message_count": "integer",
+    "disposition": "text",
+    "dkim_aligned": "text",
+    "spf_aligned": "text",
+    "header_from": "text",
+    "envelope_from": "text",
+    "envelope_to": "text",
+    "reason_types": "text[]",
+    "reason_comments": "text[]",
+    "dkim_domains": "text[]",
+    "dkim_selectors": "text[]",
+    "dkim_results": "text[]",
+    "dkim_human_results": "text[]",
+    "spf_domains": "text[]",
+    "spf_scopes": "text[]",
+    "spf_results": "text[]",
+    "spf_human_results": "text[]",
+    "extensions": "text[]",
+}
+assert tuple(_RECORD_TYPES) == RECORD_COLUMNS[4:]
+
+
+def _params(first: int, count: int) -> str:
+    return ", ".join(f"${i}" for i in range(first, first + count))
+
+
+_N_RAW, _N_REPORT = len(_RAW_COLUMNS), len(_REPORT_COLUMNS)
+_INSERT_RAW = (
+    f"INSERT INTO raw_messages ({', '.join(_RAW_COLUMNS)}, status) "  # noqa: S608 - constants
+    f"VALUES ({_params(1, _N_RAW)}, 'stored') ON CONFLICT (sha256) DO NOTHING RETURNING id"
+)
+_INSERT_REPORT = (
+    f"INSERT INTO aggregate_reports (raw_message_id, {', '.join(_REPORT_COLUMNS)}) "  # noqa: S608
+    f"VALUES ({_params(1, 1 + _N_REPORT)}) "
+    "ON CONFLICT ON CONSTRAINT aggregate_reports_dedup DO NOTHING RETURNING id"
+)
+# One statement: data-modifying WITH queries all run, in the statement's transaction,
+# and the foreign key from the report to its raw message is checked at its end. The
+# records' month partition must exist (a CheckViolation otherwise).
+_REPORT_AT = _N_RAW + 1  # the first of the report's parameters
+_INSERT_MESSAGE_WITH_REPORT = f"""
+WITH raw AS ({_INSERT_RAW}),
+report AS (
+    INSERT INTO aggregate_reports (raw_message_id, {", ".join(_REPORT_COLUMNS)})
+    SELECT raw.id, {_params(_REPORT_AT, _N_REPORT)} FROM raw
+    ON CONFLICT ON CONSTRAINT aggregate_reports_dedup DO NOTHING RETURNING id
+),
+records AS (
+    INSERT INTO aggregate_records ({", ".join(RECORD_COLUMNS)})
+    SELECT report.id, ${_REPORT_AT + 3}, ${_REPORT_AT + 2}, ${_REPORT_AT}, r.*
+    FROM report, json_to_recordset(${_REPORT_AT + _N_REPORT}::json)
+        AS r({", ".join(f"{name} {kind}" for name, kind in _RECORD_TYPES.items())})
+)
+SELECT (SELECT id FROM raw), (SELECT id FROM report)
+"""  # noqa: S608 - built from the constants above
+
+
+def _raw_values(raw: RawMessage, envelope: Envelope, received_at: datetime) -> tuple[Any, ...]:
+    auth = envelope.auth
+    dkim = auth.dkim if auth else ()
+    return (
+        raw.sha256,
+        raw.size,
+        received_at,
+        envelope.peer_ip,
+        envelope.helo,
+        envelope.mail_from,
+        list(envelope.rcpt_to),
+        envelope.source,
+        raw.content_gzip,
+        __version__,
+        auth.from_domain if auth else None,
+        auth.spf if auth else None,
+        auth.spf_domain if auth else None,
+        [c.domain for c in dkim],
+        [c.selector for c in dkim],
+        [c.result for c in dkim],
+        auth.dkim_aligned if auth else None,
+        auth.spf_aligned if auth else None,
+        auth.dmarc if auth else None,
+    )
+
+
+def _report_values(
+    head: AggregateReport,
+    reporter: str,
+    authorization: str | None,
+    end: AggregateEnd | None,
+    authenticated: bool | None,
+) -> tuple[Any, ...]:
+    meta, pol = head.metadata, head.policy
+    return (
+        reporter,
+        meta.report_id,
+        pol.domain,
+        epoch(meta.begin),
+        epoch(meta.end),
+        meta.org_name,
+        meta.email,
+        meta.extra_contact_info,
+        meta.generator,
+        list(meta.errors),
+        str(head.schema),
+        head.version,
+        pol.adkim,
+        pol.aspf,
+        pol.p,
+        pol.sp,
+        pol.np,
+        pol.pct,
+        pol.fo,
+        pol.testing,
+        pol.discovery_method,
+        list(head.extensions),
+        end.record_count if end else 0,
+        end.message_count if end else 0,
+        head.part.filename,
+        list(head.part.layers),
+        authorization,
+        list(end.repairs) if end else [],
+        authenticated,
+    )
+
+
+def _record_json(r: Record) -> dict[str, Any]:
+    """A record as json_to_recordset reads it into _RECORD_TYPES' columns."""
+    ip = r.source_ip
+    inet = is_inet(ip)
+    return {
+        "source_ip": ip if inet else None,
+        "source_ip_text": None if inet else ip,
+        "message_count": r.count,
+        "disposition": r.disposition,
+        "dkim_aligned": r.dkim,
+        "spf_aligned": r.spf,
+        "header_from": r.header_from,
+        "envelope_from": r.envelope_from,
+        "envelope_to": r.envelope_to,
+        "reason_types": [x.type for x in r.reasons],
+        "reason_comments": [x.comment for x in r.reasons],
+        "dkim_domains": [x[0] for x in r.dkim_results],
+        "dkim_selectors": [x[1] for x in r.dkim_results],
+        "dkim_results": [x[2] for x in r.dkim_results],
+        "dkim_human_results": [x[3] for x in r.dkim_results],
+        "spf_domains": [x[0] for x in r.spf_results],
+        "spf_scopes": [x[1] for x in r.spf_results],
+        "spf_results": [x[2] for x in r.spf_results],
+        "spf_human_results": [x[3] for x in r.spf_results],
+        "extensions": list(r.extensions),
+    }
+
+
 class Store:
     """Queries on one pool; the ingest transaction is driven by ``ingest.Ingester``."""
 
@@ -185,39 +397,8 @@ class Store:
         conn: Conn, raw: RawMessage, envelope: Envelope, received_at: datetime
     ) -> int | None:
         """The raw message, once per digest; None if these exact bytes are stored already."""
-        auth = envelope.auth
-        dkim = auth.dkim if auth else ()
         value: int | None = await conn.fetchval(
-            """
-            INSERT INTO raw_messages (sha256, size_bytes, received_at, peer_ip, helo, mail_from,
-                                      rcpt_to, source, content_gzip, status, parser_version,
-                                      auth_from_domain, auth_spf, auth_spf_domain,
-                                      auth_dkim_domains, auth_dkim_selectors, auth_dkim_results,
-                                      auth_dkim_aligned, auth_spf_aligned, auth_dmarc)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'stored', $10, $11, $12, $13, $14, $15,
-                    $16, $17, $18, $19)
-            ON CONFLICT (sha256) DO NOTHING
-            RETURNING id
-            """,
-            raw.sha256,
-            raw.size,
-            received_at,
-            envelope.peer_ip,
-            envelope.helo,
-            envelope.mail_from,
-            list(envelope.rcpt_to),
-            envelope.source,
-            raw.content_gzip,
-            __version__,
-            auth.from_domain if auth else None,
-            auth.spf if auth else None,
-            auth.spf_domain if auth else None,
-            [c.domain for c in dkim],
-            [c.selector for c in dkim],
-            [c.result for c in dkim],
-            auth.dkim_aligned if auth else None,
-            auth.spf_aligned if auth else None,
-            auth.dmarc if auth else None,
+            _INSERT_RAW, *_raw_values(raw, envelope, received_at)
         )
         return value
 
@@ -259,52 +440,40 @@ class Store:
     ) -> int | None:
         """The report's row, or None if the same report is stored already (RFC 9990 3.5.4:
         a duplicate is accepted and kept once)."""
-        meta, pol = head.metadata, head.policy
-        value: int | None = await conn.fetchval(
-            """
-            INSERT INTO aggregate_reports (
-                raw_message_id, reporter, report_id, policy_domain, begin_at, end_at, org_name,
-                email, extra_contact_info, generator, errors, schema, version, adkim, aspf, p,
-                sp, np, pct, fo, testing, discovery_method, extensions, record_count,
-                message_count, part_filename, part_layers, authz_verdict, repairs,
-                authenticated)
-            VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16,
-                    $17, $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28, $29, $30)
-            ON CONFLICT ON CONSTRAINT aggregate_reports_dedup DO NOTHING
-            RETURNING id
-            """,
-            raw_id,
-            reporter,
-            meta.report_id,
-            pol.domain,
-            epoch(meta.begin),
-            epoch(meta.end),
-            meta.org_name,
-            meta.email,
-            meta.extra_contact_info,
-            meta.generator,
-            list(meta.errors),
-            str(head.schema),
-            head.version,
-            pol.adkim,
-            pol.aspf,
-            pol.p,
-            pol.sp,
-            pol.np,
-            pol.pct,
-            pol.fo,
-            pol.testing,
-            pol.discovery_method,
-            list(head.extensions),
-            end.record_count if end else 0,
-            end.message_count if end else 0,
-            head.part.filename,
-            list(head.part.layers),
-            authorization,
-            list(end.repairs) if end else [],
-            authenticated,
-        )
+        values = _report_values(head, reporter, authorization, end, authenticated)
+        value: int | None = await conn.fetchval(_INSERT_REPORT, raw_id, *values)
         return value
+
+    @staticmethod
+    async def insert_message_with_report(
+        pool: asyncpg.Pool,
+        raw: RawMessage,
+        envelope: Envelope,
+        received_at: datetime,
+        head: AggregateReport,
+        reporter: str,
+        authorization: str | None,
+        end: AggregateEnd,
+        records: Sequence[Record],
+    ) -> tuple[int | None, int | None]:
+        """A message that holds one whole aggregate report, stored in one statement (its
+        own transaction): the raw message, the report and its records. Returns their
+        ids: (None, None) if these exact bytes are stored already, (id, None) if the
+        report is."""
+        values = _report_values(head, reporter, authorization, end, envelope.authenticated)
+        rows = json.dumps([_record_json(r) for r in records], ensure_ascii=False)
+        try:
+            row = await pool.fetchrow(
+                _INSERT_MESSAGE_WITH_REPORT,
+                *_raw_values(raw, envelope, received_at),
+                *values,
+                rows,
+            )
+        except asyncpg.CheckViolationError as exc:  # "no partition of relation ... found"
+            month = month_start(epoch(head.metadata.begin))
+            raise MissingPartition(month) from exc
+        assert row is not None
+        return row[0], row[1]
 
     @staticmethod
     async def finish_aggregate(conn: Conn, report: int, end: AggregateEnd) -> None:
