@@ -41,7 +41,7 @@ import spf
 
 from .authz import make_sync_resolver, organizational_domain
 from .core.aggregate import domain as a_label
-from .core.mime import Headers, leading_header_block
+from .core.mime import Headers, leading_header_block, parse_fields
 from .ttlcache import TtlCache
 
 MAX_SIGNATURES = 5  # DKIM signatures checked per message
@@ -225,8 +225,8 @@ class MailAuthenticator:
     ) -> MailAuth:
         lookups = _Lookups(self._resolver)
         file.seek(0)
-        headers = Headers.parse(leading_header_block(file, MAX_HEADER_BYTES))
-        fields = headers.message
+        fields = parse_fields(leading_header_block(file, MAX_HEADER_BYTES))
+        headers = Headers.of(fields)
         from_domain = _from_domain(fields.get_all("From") or [])
         # RFC 8460 5.3: multipart/report; report-type=tlsrpt, with TLS-Report-Domain
         tlsrpt = headers.report_type == "tlsrpt" or "TLS-Report-Domain" in fields

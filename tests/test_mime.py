@@ -6,8 +6,11 @@ import base64
 import binascii
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from rua_sink.core.errors import NotAReport, TransferEncodingError
+from rua_sink.core.mime import Headers, parse_fields
 from rua_sink.core.pipeline import parse_message
 
 from .conftest import Collected, chunks, collect
@@ -245,3 +248,86 @@ def test_long_quoted_printable_line_in_tiny_chunks() -> None:
 def test_header_block_fed_a_byte_at_a_time() -> None:
     data = message((gz(report_xml(1)), "application/gzip", "r.xml.gz"))
     assert report_ids(parse(data, 1)) == ["r-1"]
+
+
+# Header lines as reporters write them, and as they break them: names in any case, ones
+# the walk ignores, envelope lines, missing names and colons; folded values, RFC 2231
+# and RFC 2047 parameters, quoting, 8-bit bytes; every line break str.splitlines knows.
+FIELD_NAMES = [
+    "Content-Type",
+    "content-type",
+    "CONTENT-TRANSFER-ENCODING",
+    "Content-Transfer-Encoding",
+    "Content-Disposition",
+    "X-Other",
+    "From ",
+    "",
+    "Bad Name",
+    "From",
+]
+VALUE_PIECES = [
+    "multipart/mixed",
+    "application/gzip",
+    "text/plain",
+    "base64",
+    " QUOTED-PRINTABLE ",
+    "attachment",
+    '; boundary="b 1"',
+    "; boundary=b2",
+    ";BOUNDARY=b3",
+    "; boundary",
+    "; name=r.xml.gz",
+    '; filename="a\\"b.xml"',
+    "; filename*=utf-8''r%20x.xml",
+    "; filename*0=a; filename*1=b.zip",
+    "; filename=",
+    "; report-type=feedback-report",
+    "=?utf-8?q?r=2Exml?=",
+    "(comment)",
+    ";",
+    "=",
+    '"',
+    " ",
+    "\x80\xe9",
+]
+ENDS = ["\r\n", "\n", "\r", "\x0b", "\x0c", "\x1c", "\x85"]
+line = st.one_of(
+    st.builds(
+        lambda name, colon, value, end: f"{name}{colon}{value}{end}",
+        st.sampled_from(FIELD_NAMES),
+        st.sampled_from([":", ": ", ":\t", ""]),
+        st.lists(st.sampled_from(VALUE_PIECES), max_size=5).map("".join),
+        st.sampled_from(ENDS),
+    ),
+    st.builds(
+        lambda lead, value, end: f"{lead}{value}{end}",  # a continuation line
+        st.sampled_from([" ", "\t"]),
+        st.lists(st.sampled_from(VALUE_PIECES), max_size=3).map("".join),
+        st.sampled_from(ENDS),
+    ),
+    st.sampled_from(["\r\n", "\n", "no colon here\r\n"]),
+)
+header_block = st.lists(line, min_size=1, max_size=8).map(
+    lambda lines: "".join(lines).encode("latin-1")
+)
+
+
+@settings(max_examples=3000, derandomize=True, database=None, deadline=None)
+@given(block=header_block)
+def test_a_parts_fields_read_as_the_email_package_reads_them(block: bytes) -> None:
+    assert Headers.parse(block) == Headers.of(parse_fields(block))
+
+
+def test_a_parts_fields() -> None:
+    block = (
+        b'Content-Type: application/gzip;\r\n name="google.com!example.com!1!2.xml.gz"\r\n'
+        b"Content-Transfer-Encoding: BASE64\r\n"
+        b"Content-Disposition: attachment;\r\n\tfilename*=utf-8''r%C3%A9.xml.gz\r\n"
+    )
+    assert Headers.parse(block) == Headers(
+        content_type="application/gzip",
+        boundary=None,
+        report_type=None,
+        cte="base64",
+        filename="ré.xml.gz",
+    )
