@@ -699,6 +699,8 @@ def _check_root(root: Any, doc: _Document) -> Any:
 
 def _check_depth(el: Any, depth: int, maximum: int) -> None:
     """Nesting of a subtree kept raw (extensions, unknown elements)."""
+    if depth + sum(1 for _ in el.iter()) <= maximum:
+        return  # fewer elements than levels left: not too deep, however they nest
     stack = [(el, depth)]
     while stack:
         node, d = stack.pop()
