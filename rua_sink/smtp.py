@@ -177,8 +177,11 @@ class ReportHandler:
         responses: list[str],
     ) -> list[str]:
         session.host_name = hostname
-        # RFC 2034: the replies below carry enhanced status codes; say so.
-        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", responses[-1]]
+        # RFC 2034: the replies below carry enhanced status codes; say so. RFC 2920:
+        # commands may come in groups (MAIL, RCPT and DATA in one packet, as large
+        # senders send them); aiosmtpd reads them in turn from its buffer and answers
+        # each in order.
+        return [*responses[:-1], "250-ENHANCEDSTATUSCODES", "250-PIPELINING", responses[-1]]
 
     async def handle_RCPT(
         self,

@@ -242,6 +242,41 @@ def test_a_client_gone_before_its_greeting_frees_its_slot(tight: Server) -> None
     assert '"level": "error"' not in tight.log.read()  # refusals end without a traceback
 
 
+def replies(conn: socket.socket, count: int) -> list[str]:
+    """The next ``count`` replies' codes (a multiline reply counts once)."""
+    codes: list[str] = []
+    data = b""
+    while len(codes) < count:
+        chunk = conn.recv(4096)
+        assert chunk, f"connection closed after {codes}"
+        data += chunk
+        *lines, data = data.split(b"\r\n")
+        codes += [line[:3].decode() for line in lines if line[3:4] == b" "]
+    return codes
+
+
+def test_pipelined_commands_are_answered_in_order(server: Server) -> None:
+    data = report_message("pipelined").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    with socket.create_connection(("127.0.0.1", server.smtp_port), timeout=30) as conn:
+        assert replies(conn, 1) == ["220"]
+        conn.sendall(b"EHLO reporter.example\r\n")
+        ehlo = b""
+        while not re.search(rb"(^|\r\n)250 ", ehlo):
+            ehlo += conn.recv(4096)
+        assert b"250-PIPELINING" in ehlo
+        # RFC 2920 3.1: one group, DATA last; then the content, the dot and QUIT at once.
+        conn.sendall(
+            b"MAIL FROM:<noreply@reporter.example>\r\n"
+            b"RCPT TO:<nobody@elsewhere.example>\r\n"
+            b"RCPT TO:<dmarc@rua.example.net>\r\n"
+            b"DATA\r\n"
+        )
+        assert replies(conn, 4) == ["250", "550", "250", "354"]
+        conn.sendall(data.replace(b"\r\n.", b"\r\n..") + b".\r\nQUIT\r\n")
+        assert replies(conn, 2) == ["250", "221"]
+    assert len(stored(server, "pipelined")) == 1
+
+
 def test_recipients_per_message(tight: Server) -> None:
     with tight.client() as smtp:
         smtp.ehlo("x.example")
