@@ -289,7 +289,7 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
         print("rua-sink: set RUA_SINK_ADDRESSES to the report addresses to accept", file=sys.stderr)
         return 2
     url = resolve_url(os.environ)
-    # uvloop's transports and scheduling, in C, take a fifth less CPU a small message
+    # uvloop's transports and scheduling, in C, took a sixth less CPU a small message
     # than the standard loop's (bench/smtp.py).
     factory = None
     if settings.event_loop == "uvloop":
