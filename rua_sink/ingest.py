@@ -27,7 +27,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 from .copytext import prefixed, record_line, report_prefix
 from .core.errors import NotAReport, Reason, RuaSinkError, UnsignedReport
@@ -103,6 +103,7 @@ class IngestResult:
 Authorize = Callable[[ReportType, tuple[str, ...]], Awaitable[str | None]]
 
 _END = object()
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -230,37 +231,46 @@ class Ingester:
                 if alone is not None:
                     return alone
                 inline = None
-        for attempt in range(24):
-            if attempt or inline is None:
-                file.seek(0)
-                inline = None  # parsed again from the start
+
+        async def attempt(n: int) -> IngestResult:
+            read_ahead = inline if n == 0 else None
+            if read_ahead is None:
+                file.seek(0)  # parsed again from the start
+            async with self.store.pool.acquire() as conn:
+                transaction = conn.transaction()
+                await transaction.start()
+                try:
+                    raw_id = await self.store.insert_raw(conn, raw, envelope, when)
+                    if raw_id is None:
+                        result = IngestResult(Outcome.DUPLICATE, None)
+                    else:
+                        result = await self._process(
+                            conn, raw_id, file, envelope, authorize, inline=read_ahead
+                        )
+                    if result.outcome is Outcome.NOT_A_REPORT and not self.keep_non_reports:
+                        raise _Discard(result)
+                except BaseException:
+                    await transaction.rollback()
+                    raise
+                started = time.perf_counter()
+                await transaction.commit()
+                result.commit_seconds = time.perf_counter() - started
+                return result
+
+        try:
+            return await self._creating_partitions(attempt)
+        except _Discard as discard:
+            return discard.result
+
+    async def _creating_partitions(self, attempt: Callable[[int], Awaitable[T]]) -> T:
+        """``attempt(n)``, again while it finds a monthly partition missing. Each one is
+        created outside the attempt's transaction, which has been rolled back by then:
+        creating it from inside could wait on ourselves."""
+        for n in range(24):
             try:
-                async with self.store.pool.acquire() as conn:
-                    transaction = conn.transaction()
-                    await transaction.start()
-                    try:
-                        raw_id = await self.store.insert_raw(conn, raw, envelope, when)
-                        if raw_id is None:
-                            result = IngestResult(Outcome.DUPLICATE, None)
-                        else:
-                            result = await self._process(
-                                conn, raw_id, file, envelope, authorize, inline=inline
-                            )
-                        if result.outcome is Outcome.NOT_A_REPORT and not self.keep_non_reports:
-                            raise _Discard(result)
-                    except BaseException:
-                        await transaction.rollback()
-                        raise
-                    started = time.perf_counter()
-                    await transaction.commit()
-                    result.commit_seconds = time.perf_counter() - started
-                    return result
+                return await attempt(n)
             except MissingPartition as missing:
-                # Created outside the message's transaction, which has been rolled back:
-                # creating it from inside could wait on ourselves. Then start over.
                 await self.store.create_partition(missing.month)
-            except _Discard as discard:
-                return discard.result
         raise RuntimeError("a message needed more than 24 new monthly partitions")
 
     async def _alone(
@@ -279,37 +289,34 @@ class Ingester:
             Outcome.STORED, None, parse_seconds=inline.parse_seconds, one_statement=True
         )
         tally = _Tally(self, result, authorize, envelope.auth)
-        for _ in range(24):
+
+        async def attempt(_: int) -> IngestResult | None:
+            tally.place(report[0])
             try:
-                try:
-                    verdict = await tally._head(report[0])
-                except MissingPartition:
-                    raise
-                except Exception:  # noqa: BLE001 - raised again on the other path
-                    return None
-                await tally.alone(raw, envelope, when, verdict, report)
-                return result
-            except MissingPartition as missing:
-                await self.store.create_partition(missing.month)
-        raise RuntimeError("a message needed more than 24 new monthly partitions")
+                verdict = await tally.verdict()
+            except Exception:  # noqa: BLE001 - the transaction path meets it again
+                return None
+            await tally.alone(raw, envelope, when, verdict, report)
+            return result
+
+        return await self._creating_partitions(attempt)
 
     async def reprocess(self, raw_id: int) -> IngestResult:
         """Parse a stored raw message again with the current code, replacing what it
         produced before (idempotent)."""
         content, envelope, _ = await self.store.raw_content(raw_id)
-        for _ in range(24):
+
+        async def attempt(_: int) -> IngestResult:
             with tempfile.SpooledTemporaryFile(max_size=self.limits.spool_memory_bytes) as spool:
                 with gzip.GzipFile(fileobj=io.BytesIO(content)) as unpacked:
                     while chunk := unpacked.read(1 << 20):
                         spool.write(chunk)
                 spool.seek(0)
-                try:
-                    async with self.store.pool.acquire() as conn, conn.transaction():
-                        await self.store.clear_reports(conn, raw_id)
-                        return await self._process(conn, raw_id, spool, envelope, reprocessing=True)
-                except MissingPartition as missing:
-                    await self.store.create_partition(missing.month)
-        raise RuntimeError("a message needed more than 24 new monthly partitions")
+                async with self.store.pool.acquire() as conn, conn.transaction():
+                    await self.store.clear_reports(conn, raw_id)
+                    return await self._process(conn, raw_id, spool, envelope, reprocessing=True)
+
+        return await self._creating_partitions(attempt)
 
     async def _process(
         self,
@@ -434,14 +441,13 @@ class _Inline:
         end: AggregateEnd | None = None
         records: list[Record] = []
         for ev in self.events:
-            kind = type(ev)
-            if kind is Record and head is not None and end is None:
-                records.append(ev)  # type: ignore[arg-type]
-            elif kind is AggregateReport and head is None:
-                head = ev  # type: ignore[assignment]
-            elif kind is AggregateEnd and head is not None and end is None:
-                end = ev  # type: ignore[assignment]
-            elif kind is not MessageInfo:
+            if isinstance(ev, Record) and head is not None and end is None:
+                records.append(ev)
+            elif isinstance(ev, AggregateReport) and head is None:
+                head = ev
+            elif isinstance(ev, AggregateEnd) and head is not None and end is None:
+                end = ev
+            elif not isinstance(ev, MessageInfo):
                 return None
         return None if head is None or end is None else (head, records, end)
 
@@ -517,7 +523,12 @@ class _Tally:
             self.result.reports_duplicate += 1
 
     async def _head(self, head: AggregateReport) -> str | None:
-        """Where a report goes (its month's partition must exist), and its verdict."""
+        """Where a report goes, and its verdict."""
+        self.place(head)
+        return await self.verdict()
+
+    def place(self, head: AggregateReport) -> None:
+        """Where a report goes: its month's partition must exist."""
         self.begin_at = epoch(head.metadata.begin)
         self.month = month_start(self.begin_at)
         if not self.store.has_partition(self.month):
@@ -525,6 +536,9 @@ class _Tally:
         self.domain = head.policy.domain
         self.reporter = reporter_key(head.metadata.org_name, head.metadata.email)
         self.tally.clear()
+
+    async def verdict(self) -> str | None:
+        """The placed report's authorization (``authorize`` may raise to refuse it)."""
         if self.authorize is None:
             self.verdict_allowed = True
             return None
@@ -545,7 +559,7 @@ class _Tally:
         head, records, end = report
         started = time.perf_counter()
         raw_id, report_id = await self.store.insert_message_with_report(
-            self.store.pool, raw, envelope, received_at, head, self.reporter, verdict, end, records
+            raw, envelope, received_at, head, self.reporter, verdict, end, records
         )
         result = self.result
         result.commit_seconds = time.perf_counter() - started

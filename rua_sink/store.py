@@ -444,9 +444,8 @@ class Store:
         value: int | None = await conn.fetchval(_INSERT_REPORT, raw_id, *values)
         return value
 
-    @staticmethod
     async def insert_message_with_report(
-        pool: asyncpg.Pool,
+        self,
         raw: RawMessage,
         envelope: Envelope,
         received_at: datetime,
@@ -463,7 +462,7 @@ class Store:
         values = _report_values(head, reporter, authorization, end, envelope.authenticated)
         rows = json.dumps([_record_json(r) for r in records], ensure_ascii=False)
         try:
-            row = await pool.fetchrow(
+            row = await self.pool.fetchrow(
                 _INSERT_MESSAGE_WITH_REPORT,
                 *_raw_values(raw, envelope, received_at),
                 *values,
