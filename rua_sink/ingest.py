@@ -555,7 +555,7 @@ class _Tally:
         report: _OneReport,
     ) -> None:
         """Store a message that holds one whole aggregate report, and nothing else to
-        store, in one statement; ``_head`` has given the verdict."""
+        store, in one statement; ``place`` has placed it and ``verdict`` judged it."""
         head, records, end = report
         started = time.perf_counter()
         raw_id, report_id = await self.store.insert_message_with_report(

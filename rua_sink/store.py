@@ -8,10 +8,11 @@ to its savepoint and the message is quarantined with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import zlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import IO, TYPE_CHECKING, Any, TypeAlias
@@ -461,16 +462,13 @@ class Store:
         report is."""
         values = _report_values(head, reporter, authorization, end, envelope.authenticated)
         rows = json.dumps([_record_json(r) for r in records], ensure_ascii=False)
-        try:
+        with self._routing(month_start(epoch(head.metadata.begin))):
             row = await self.pool.fetchrow(
                 _INSERT_MESSAGE_WITH_REPORT,
                 *_raw_values(raw, envelope, received_at),
                 *values,
                 rows,
             )
-        except asyncpg.CheckViolationError as exc:  # "no partition of relation ... found"
-            month = month_start(epoch(head.metadata.begin))
-            raise MissingPartition(month) from exc
         assert row is not None
         return row[0], row[1]
 
@@ -496,11 +494,20 @@ class Store:
             # for each batch.
             yield data
 
-        try:
+        with self._routing(month):
             await conn.copy_to_table(
                 "aggregate_records", source=source(), columns=RECORD_COLUMNS, format="text"
             )
+
+    @contextlib.contextmanager
+    def _routing(self, month: datetime) -> Iterator[None]:
+        """Records of ``month`` written inside: its partition, believed to exist, was
+        dropped (``rua-sink prune``) if PostgreSQL finds none for them."""
+        try:
+            yield
         except asyncpg.CheckViolationError as exc:  # "no partition of relation ... found"
+            if exc.table_name != "aggregate_records":
+                raise
             self._partitions.discard(month)
             raise MissingPartition(month) from exc
 

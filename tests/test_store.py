@@ -291,6 +291,39 @@ def test_monthly_partitions_and_prune(db: str) -> None:
     assert after["aggregate_records"] == 2
 
 
+@pytest.mark.parametrize("read_ahead", [READ_AHEAD, 0], ids=["one-statement", "transaction"])
+def test_a_partition_dropped_by_another_replica_is_made_again(db: str, read_ahead: int) -> None:
+    """This replica believes January's partition exists; another one's prune dropped it.
+    PostgreSQL finds no partition for the records: the partition is made again and the
+    message stored, whichever path it takes."""
+    january = (
+        report_xml(3, report_id="again")
+        .replace(b"1700000000", b"1704067200")  # 2024-01-01
+        .replace(b"1700086399", b"1704153599")
+    )
+
+    async def go(store: Store) -> tuple[IngestResult, int]:
+        ingester = Ingester(store, limits=Limits(), read_ahead=read_ahead)
+        first = report_xml(1, report_id="first").replace(b"1700000000", b"1704067200")
+        await ingest_bytes(ingester, first, source="/x/first.xml")
+        assert store.has_partition(datetime(2024, 1, 1, tzinfo=UTC))
+        pool = await asyncpg.create_pool(db, min_size=1, max_size=1)
+        try:
+            await Store(pool).prune(datetime(2024, 3, 1, tzinfo=UTC))  # the other replica
+        finally:
+            await pool.close()
+        result = await ingest_bytes(ingester, message((gz(january), "application/gzip", "r.gz")))
+        rows = await store.pool.fetchval(
+            "SELECT count(*) FROM aggregate_records_2024_01 r "
+            "JOIN aggregate_reports a ON a.id = r.report WHERE a.report_id = 'again'"
+        )
+        return result, rows
+
+    result, rows = with_store(db, go)
+    assert result.outcome is Outcome.STORED and result.one_statement == bool(read_ahead)
+    assert rows == 3
+
+
 def test_migrations_twice_and_at_once(server_url: str) -> None:
     async def go(url: str) -> tuple[list[list[migrate.Migration]], int]:
         conns = [await asyncpg.connect(url) for _ in range(3)]
