@@ -19,7 +19,7 @@ internal error                                          451 4.3.0, no detail
 A 250 is sent only after the message, its reports and their records are committed.
 
 aiosmtpd's own DATA handling keeps the whole message in memory (about three times its
-size); ``ReportSMTP.smtp_DATA`` replaces it with one that writes lines to a ``Spool`` as
+size); ``ReportSMTP.smtp_DATA`` replaces it with one that writes blocks to a ``Spool`` as
 they arrive (memory, then a temporary file written through aiofiles), so a session's
 memory does not grow with the message. It follows aiosmtpd 1.4's ``smtp_DATA`` closely
 (``aiosmtpd`` is pinned to 1.4.x for that reason).
@@ -409,6 +409,71 @@ class Spool:
         self._buffer = io.BytesIO()
 
 
+_END = b".\r\n"
+_FLUSH_BYTES = 65536
+
+
+async def read_data(
+    reader: asyncio.StreamReader,
+    write: Callable[[bytes], Awaitable[None]],
+    *,
+    line_limit: int,
+    size_limit: int | None,
+) -> tuple[int, str]:
+    """Read DATA from ``reader`` up to its end (a line holding only a dot, RFC 5321
+    4.1.1.4), undo dot-stuffing (4.5.2) and hand the content to ``write``. Returns the
+    size (the bytes before the final dot line, stuffing included) and "ok", "too_much"
+    (over ``size_limit``; nothing more is written) or "too_long" (a line longer than
+    ``line_limit`` without its CRLF, 4.5.3.1.6).
+
+    The data is read in blocks, not lines: each ``readuntil`` stops at the next ".CRLF",
+    or, when that is further off than the reader's limit, gives way to a read of the bytes
+    before it. Only CRLF ends a line, so the data ends at CRLF.CRLF and nothing else: a
+    bare LF around the dot does not end it (the SMTP smuggling attacks of 2023 use those).
+    Whatever follows the final dot (pipelined commands, RFC 2920) stays in ``reader``.
+    """
+    size = 0
+    too_long = False
+    carry = b""  # the unfinished last line: what has been read of it
+    pending: list[bytes] = []
+    pending_bytes = 0
+    while True:
+        try:
+            chunk = await reader.readuntil(_END)
+            at_dot = True
+        except asyncio.LimitOverrunError as e:
+            chunk = await reader.read(e.consumed)  # no ".CRLF" starts in these bytes
+            at_dot = False
+        data = carry + chunk if carry else chunk
+        if at_dot and (data == _END or data.endswith(b"\r\n.\r\n")):
+            body, carry, size, done = data[:-3], b"", size + len(chunk) - 3, True
+        else:
+            cut = data.rfind(b"\r\n") + 2
+            cut = 0 if cut == 1 else cut  # no CRLF at all
+            body, carry, size, done = data[:cut], data[cut:], size + len(chunk), False
+            if len(carry) - carry.endswith(b"\r") > line_limit:  # a CR may start the CRLF
+                too_long = True
+                carry = carry[-1:]  # enough to see a CRLF that straddles two reads
+        if len(body) > line_limit + 2 and not too_long:
+            too_long = max(map(len, body.split(b"\r\n"))) > line_limit
+        if too_long or (size_limit and size > size_limit):
+            pending.clear()  # the message is refused: keep reading, store nothing
+        elif body:
+            if body.startswith(b"."):
+                body = body[1:]  # body starts at the start of a line
+            pending.append(body.replace(b"\r\n.", b"\r\n"))
+            pending_bytes += len(body)
+        if pending and (done or pending_bytes >= _FLUSH_BYTES):
+            await write(b"".join(pending))
+            pending.clear()
+            pending_bytes = 0
+        if done:
+            break
+    if size_limit and size > size_limit:
+        return size, "too_much"
+    return size, "too_long" if too_long else "ok"
+
+
 class ReportSMTP(SMTP):
     """aiosmtpd's protocol with streamed DATA, SIZE refusals with enhanced codes, and
     connection limits."""
@@ -562,40 +627,9 @@ class ReportSMTP(SMTP):
             self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd's own
 
     async def _receive(self, spool: Spool) -> tuple[int, str]:
-        """Read DATA lines to the final dot into ``spool``, undoing dot-stuffing
-        (RFC 5321 4.5.2). Returns the size and "ok", "too_long" or "too_much"."""
-        limit = self.data_size_limit
-        size = 0
-        state = "ok"
-        fragment = False  # inside a line longer than the stream's limit
-        pending: list[bytes] = []
-        pending_bytes = 0
-        while self.transport is not None:
-            try:
-                line = await self._reader.readuntil(b"\r\n")
-            except asyncio.LimitOverrunError as e:
-                state = "too_long" if state == "ok" else state
-                await self._reader.read(e.consumed)
-                fragment = True
-                continue
-            if fragment:
-                fragment = False
-                continue
-            if line == b".\r\n":
-                break
-            size += len(line)
-            if limit and size > limit:
-                state = "too_much"
-            if state != "ok":
-                continue  # keep reading to the end; store nothing
-            if line.startswith(b"."):
-                line = line[1:]
-            pending.append(line)
-            pending_bytes += len(line)
-            if pending_bytes >= 65536:
-                await spool.write(b"".join(pending))
-                pending.clear()
-                pending_bytes = 0
-        if pending and state == "ok":
-            await spool.write(b"".join(pending))
-        return size, state
+        return await read_data(
+            self._reader,
+            spool.write,
+            line_limit=self.line_length_limit,
+            size_limit=self.data_size_limit,
+        )

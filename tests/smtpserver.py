@@ -167,6 +167,19 @@ def send(server: Server, data: bytes, rcpt: str = RUA, sender: str = "") -> tupl
         return code, reply.decode()
 
 
+def replies(conn: socket.socket, count: int) -> list[str]:
+    """The next ``count`` replies' codes (a multiline reply counts once)."""
+    codes: list[str] = []
+    data = b""
+    while len(codes) < count:
+        chunk = conn.recv(4096)
+        assert chunk, f"connection closed after {codes}"
+        data += chunk
+        *lines, data = data.split(b"\r\n")
+        codes += [line[:3].decode() for line in lines if line[3:4] == b" "]
+    return codes
+
+
 def stored(server: Server, report_id: str) -> list[asyncpg.Record]:
     return server.fetch(
         "SELECT r.id, r.record_count, r.authz_verdict, m.status, m.mail_from, m.rcpt_to, "

@@ -32,6 +32,7 @@ from .smtpserver import (
     RUA,
     Server,
     deltas,
+    replies,
     running,
     running_alone,
     scrape,
@@ -240,19 +241,6 @@ def test_a_client_gone_before_its_greeting_frees_its_slot(tight: Server) -> None
             conn.close()
     tight.log.seek(0)
     assert '"level": "error"' not in tight.log.read()  # refusals end without a traceback
-
-
-def replies(conn: socket.socket, count: int) -> list[str]:
-    """The next ``count`` replies' codes (a multiline reply counts once)."""
-    codes: list[str] = []
-    data = b""
-    while len(codes) < count:
-        chunk = conn.recv(4096)
-        assert chunk, f"connection closed after {codes}"
-        data += chunk
-        *lines, data = data.split(b"\r\n")
-        codes += [line[:3].decode() for line in lines if line[3:4] == b" "]
-    return codes
 
 
 def test_pipelined_commands_are_answered_in_order(server: Server) -> None:
