@@ -211,10 +211,14 @@ class Ingester:
         *,
         received_at: datetime | None = None,
         authorize: Authorize | None = None,
+        keep_non_report: bool | None = None,
     ) -> IngestResult:
         """Store one message read from ``file`` (seekable). Commits before returning.
 
-        An exception raised by ``authorize`` rolls the message back and propagates."""
+        A message with nothing report-like is kept (``not_a_report``) or rolled back as
+        ``keep_non_report`` says, by default as the ingester was made to. An exception
+        raised by ``authorize`` rolls the message back and propagates."""
+        keep = self.keep_non_reports if keep_non_report is None else keep_non_report
         small = _size(file) <= INLINE_BYTES
         raw = RawMessage.read(file) if small else await asyncio.to_thread(RawMessage.read, file)
         when = received_at or datetime.now(UTC)
@@ -247,7 +251,7 @@ class Ingester:
                         result = await self._process(
                             conn, raw_id, file, envelope, authorize, inline=read_ahead
                         )
-                    if result.outcome is Outcome.NOT_A_REPORT and not self.keep_non_reports:
+                    if result.outcome is Outcome.NOT_A_REPORT and not keep:
                         raise _Discard(result)
                 except BaseException:
                     await transaction.rollback()

@@ -23,6 +23,7 @@ class ReplyReason(StrEnum):
     DUPLICATE = "duplicate"
     QUARANTINED = "quarantined"
     NOT_A_REPORT = "not_a_report"
+    POSTMASTER = "postmaster"
     UNAUTHORIZED = "unauthorized"
     UNAUTHENTICATED = "unauthenticated"
     DNS_UNAVAILABLE = "dns_unavailable"

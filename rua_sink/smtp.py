@@ -11,6 +11,7 @@ report for a domain that has not authorized us          550 5.7.1 (or stored, fl
 mail failing DMARC, RUA_SINK_REQUIRE_AUTHENTICATED=reject 550 5.7.1 (451 4.4.3: DNS failed)
 TLS report without a DKIM signature of its reporter     250, quarantined (RFC 8460 3)
 no report-like part at all                              550 5.6.0
+the same, to postmaster (RFC 5321 4.5.1)                250, kept as not_a_report
 report-like part that fails to decompress or parse      250, quarantined
 duplicate of a stored report                            250, stored once
 internal error                                          451 4.3.0, no detail
@@ -58,6 +59,7 @@ REPLY_STORED = "250 2.0.0 Report accepted"
 REPLY_DUPLICATE = "250 2.0.0 Report already received, accepted"
 REPLY_QUARANTINED = "250 2.0.0 Accepted; the report could not be parsed and is kept for review"
 REPLY_NOT_A_REPORT = "550 5.6.0 No DMARC or TLS report found in this message"
+REPLY_POSTMASTER = "250 2.0.0 Accepted for the postmaster"
 REPLY_UNAUTHORIZED = "550 5.7.1 The report's domain has not authorized this destination"
 REPLY_UNAUTHENTICATED = "550 5.7.1 The report's mail failed DMARC authentication"
 REPLY_DNS = "451 4.4.3 Temporary DNS failure checking authorization, try again later"
@@ -114,6 +116,11 @@ class AddressPolicy:
         if address in self.exact or dom in self.domains:
             return True
         return local == "postmaster" and dom in self.local_domains
+
+    @staticmethod
+    def postmaster(address: str) -> bool:
+        address = address.strip().strip("<>").lower()
+        return address == "postmaster" or address.rpartition("@")[0] == "postmaster"
 
 
 def _in_networks(ip: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
@@ -215,6 +222,9 @@ class ReportHandler:
         """Store one message; the reply tells the client what happened to it."""
         rcpt_domains = tuple(sorted({r.rpartition("@")[2].lower() for r in envelope.rcpt_tos}))
         rcpt_addresses = tuple(r.strip("<>").lower() for r in envelope.rcpt_tos)
+        # RFC 5321 4.5.1: mail to the postmaster is accepted, report or not; what is not
+        # a report is kept (status not_a_report) for the operators to read.
+        to_postmaster = any(AddressPolicy.postmaster(r) for r in rcpt_addresses)
 
         async def authorize(kind: ReportType, domains: tuple[str, ...]) -> str | None:
             verdicts = [
@@ -254,7 +264,9 @@ class ReportHandler:
         authenticated = "unchecked" if auth is None else ("yes" if auth.authenticated else "no")
         started = time.perf_counter()
         try:
-            result = await self.ingester.ingest(spooled.file, arrival, authorize=authorize)
+            result = await self.ingester.ingest(
+                spooled.file, arrival, authorize=authorize, keep_non_report=to_postmaster
+            )
         except NotAuthorized as exc:
             bound.info("refused_not_authorized", domains=str(exc))
             m.reports.labels(str(exc.kind), "rejected", authenticated).inc()
@@ -289,6 +301,8 @@ class ReportHandler:
         if result.aggregate_report_ids:
             self.on_stored(result.aggregate_report_ids)
         if result.outcome is Outcome.NOT_A_REPORT:
+            if to_postmaster:
+                return self._reply(REPLY_POSTMASTER, ReplyReason.POSTMASTER)
             return self._reply(REPLY_NOT_A_REPORT, ReplyReason.NOT_A_REPORT)
         if result.outcome is Outcome.QUARANTINED:
             return self._reply(REPLY_QUARANTINED, ReplyReason.QUARANTINED)

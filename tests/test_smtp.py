@@ -115,6 +115,23 @@ def test_no_report_in_the_message(server: Server) -> None:
     assert server.fetch(count)[0]["n"] == before  # refused, so nothing kept
 
 
+def test_mail_to_the_postmaster_is_kept(server: Server) -> None:
+    """RFC 5321 4.5.1: the postmaster takes mail, report or not; there is no mailbox, so
+    what is not a report is kept in the archive for the operators."""
+    for rcpt in ("Postmaster@rua.example.net", "postmaster"):
+        note = f"From: ops@sender.example\r\nSubject: bounces to {rcpt}\r\n\r\nHello.\r\n"
+        code, reply = send(server, note.encode(), rcpt=rcpt)
+        assert (code, reply) == (250, "2.0.0 Accepted for the postmaster")
+        rows = server.fetch(
+            "SELECT status, rcpt_to FROM raw_messages WHERE sha256 = sha256($1)", note.encode()
+        )
+        assert [(r["status"], r["rcpt_to"]) for r in rows] == [("not_a_report", [rcpt.lower()])]
+    # A report sent to the postmaster is a report like any other.
+    code, _ = send(server, report_message("to-postmaster"), rcpt="postmaster@rua.example.net")
+    assert code == 250
+    assert [r["status"] for r in stored(server, "to-postmaster")] == ["stored"]
+
+
 def test_broken_report_is_accepted_and_quarantined(server: Server) -> None:
     data = message((gz(report_xml(100, report_id="cut"))[:-50], "application/gzip", "c.xml.gz"))
     quarantined = (

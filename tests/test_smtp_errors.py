@@ -30,6 +30,7 @@ class BrokenIngester(Ingester):
         *,
         received_at: datetime | None = None,
         authorize: Authorize | None = None,
+        keep_non_report: bool | None = None,
     ) -> IngestResult:
         raise RuntimeError("secret internal detail /etc/rua-sink")
 
