@@ -111,7 +111,7 @@ class _Printer:
 def limits_from(args: argparse.Namespace) -> Limits:
     """Limits from the environment (RUA_SINK_MAX_...), then from ``--limit NAME=VALUE``."""
     pairs = {}
-    for item in args.limit or ():
+    for item in args.limit_pairs or ():
         name, sep, value = item.partition("=")
         if not sep:
             raise SystemExit(f"rua-sink: --limit takes NAME=VALUE, not {item!r}")
@@ -158,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     limits_parent.add_argument(
         "--limit",
         action="append",
+        dest="limit_pairs",
         metavar="NAME=VALUE",
         help="override a limit, e.g. max_records=1000 or max_message_bytes=16MiB (repeatable)",
     )
@@ -179,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if hasattr(args, "limit"):
+    if hasattr(args, "limit_pairs"):
         args.limits = limits_from(args)
     try:
         return int(args.func(args, sys.stdout))

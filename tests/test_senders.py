@@ -528,6 +528,10 @@ def test_identify_and_report_commands(db: str, dns_zone: tuple[Zone, str], tmp_p
     assert done.stdout.rstrip().endswith("; 2 labels changed by the mapping")
     assert identified(db)["2001:db8::25"][3] == "SendGrid"
     assert identified(db)["198.51.100.7"][3] is None
+    # identify's --limit (a number of addresses) is not parse's --limit NAME=VALUE.
+    done = cli("identify", "--limit", "1", env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("0 source addresses looked up")
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[suffixes]\nnot toml")
