@@ -1,18 +1,28 @@
-"""Storage commands: migrate, ingest (backfill), reprocess, prune, db."""
+"""Storage commands: migrate, ingest (backfill), reprocess, messages, raw, prune, db."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
+import io
 import json
 import os
+import re
+import shutil
 import smtplib
 import sys
 import time
+import zlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import BytesHeaderParser
+from email.policy import compat32
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -165,6 +175,88 @@ def cmd_reprocess(args: argparse.Namespace, out: TextIO) -> int:
 
     asyncio.run(run())
     summary.write(out, as_json=args.json)
+    return 0
+
+
+_STATUSES = ("quarantined", "not_a_report", "stored")
+_HEAD_BYTES = 65536
+
+
+def _printable(text: str) -> str:
+    """Mail is written by strangers: no control characters reach the operator's terminal."""
+    return "".join(c if c.isprintable() else "?" for c in text)
+
+
+def _header(block: Message, name: str) -> str | None:
+    value = block.get(name)
+    if value is None:
+        return None
+    try:
+        text = str(make_header(decode_header(str(value))))
+    except (HeaderParseError, LookupError, UnicodeError, ValueError):
+        text = str(value)  # as it stands, encoded words and all
+    return _printable(" ".join(text.split()))
+
+
+def message_head(head_gzip: bytes) -> dict[str, str | None]:
+    """From and Subject of an archived message, from the first bytes of its gzip'd copy
+    (at most 64 KiB of it inflated)."""
+    try:
+        head = zlib.decompressobj(wbits=31).decompress(head_gzip, _HEAD_BYTES)
+    except zlib.error:
+        head = b""
+    block = BytesHeaderParser(policy=compat32).parsebytes(re.split(rb"\r?\n\r?\n", head)[0])
+    return {"from": _header(block, "From"), "subject": _header(block, "Subject")}
+
+
+def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
+    statuses = args.status or ["quarantined", "not_a_report"]
+
+    async def run() -> list[asyncpg.Record]:
+        async with open_store() as store:
+            return await store.list_raw(statuses, args.limit)
+
+    for row in asyncio.run(run()):
+        item = {
+            "id": row["id"],
+            "received_at": row["received_at"].isoformat(),
+            "status": row["status"],
+            "reason": row["reason"],
+            "detail": row["detail"],
+            "size": row["size_bytes"],
+            "source": row["source"],
+            "peer_ip": row["peer_ip"],
+            "mail_from": row["mail_from"],
+            "rcpt_to": list(row["rcpt_to"]),
+            **message_head(row["head_gzip"]),
+        }
+        if args.json:
+            out.write(json.dumps(item, ensure_ascii=False) + "\n")
+            continue
+        sender = _printable(row["mail_from"] or row["source"] or "")
+        out.write(
+            f"{row['id']:>8}  {row['received_at']:%Y-%m-%d %H:%M:%S}  {row['status']:<12}  "
+            f"{row['reason'] or '-':<22}  {row['size_bytes']:>9}  {sender or '<>'}  "
+            f"{item['subject'] or ''}\n"
+        )
+    return 0
+
+
+def cmd_raw(args: argparse.Namespace, out: TextIO) -> int:
+    async def run() -> bytes:
+        async with open_store() as store:
+            content, _, _ = await store.raw_content(args.id)
+            return content
+
+    try:
+        content = asyncio.run(run())
+    except KeyError:
+        print(f"rua-sink: no raw message {args.id}", file=sys.stderr)
+        return 1
+    out.flush()
+    with gzip.GzipFile(fileobj=io.BytesIO(content)) as archived:
+        shutil.copyfileobj(archived, out.buffer)
+    out.buffer.flush()
     return 0
 
 
@@ -398,6 +490,25 @@ def add_commands(sub: Any, limits_parent: argparse.ArgumentParser) -> None:
     p.add_argument("--all", action="store_true", help="every raw message, not only quarantined")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_reprocess)
+
+    p = sub.add_parser(
+        "messages",
+        help="list archived messages: those not stored as reports by default (quarantined, "
+        "not a report), newest first",
+    )
+    p.add_argument(
+        "--status",
+        action="append",
+        choices=_STATUSES,
+        help="only messages with this status (repeatable; default: quarantined, not_a_report)",
+    )
+    p.add_argument("--limit", type=int, default=50, help="at most N messages (default 50)")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_messages)
+
+    p = sub.add_parser("raw", help="write an archived message to stdout, as it was received")
+    p.add_argument("id", type=int, metavar="RAW_MESSAGE_ID")
+    p.set_defaults(func=cmd_raw)
 
     p = sub.add_parser(
         "report", help="what the stored reports say about a domain: volume, pass rate, sources"

@@ -645,6 +645,18 @@ class Store:
         rows = await self.pool.fetch(f"SELECT id FROM raw_messages {where} ORDER BY id")  # noqa: S608
         return [r["id"] for r in rows]
 
+    async def list_raw(self, statuses: Sequence[str], limit: int) -> list[asyncpg.Record]:
+        """The newest raw messages with these statuses, each with the first 16 KiB of its
+        gzip'd copy: enough for its header block."""
+        return await self.pool.fetch(
+            "SELECT id, received_at, status, reason, detail, size_bytes, source, "
+            "host(peer_ip) AS peer_ip, mail_from, rcpt_to, "
+            "substring(content_gzip FROM 1 FOR 16384) AS head_gzip FROM raw_messages "
+            "WHERE status = ANY($1::text[]) ORDER BY id DESC LIMIT $2",
+            list(statuses),
+            limit,
+        )
+
     async def raw_content(self, raw_id: int) -> tuple[bytes, Envelope, datetime]:
         row = await self.pool.fetchrow(
             "SELECT content_gzip, source, host(peer_ip) AS peer_ip, helo, mail_from, rcpt_to, "

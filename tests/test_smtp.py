@@ -4,6 +4,7 @@ real PostgreSQL: every row of SPEC.md's decision table."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import shutil
@@ -25,7 +26,7 @@ import trustme
 from .conftest import ROOT, corpus, readme_table
 from .dnsserver import Zone
 from .pg import admin, terminate_sessions
-from .procs import cli
+from .procs import CLI, cli
 from .reports import TLS_JSON, gz, message, report_message, report_xml, signed, tls_message
 from .smtpserver import (
     MAX_BYTES,
@@ -130,6 +131,42 @@ def test_mail_to_the_postmaster_is_kept(server: Server) -> None:
     code, _ = send(server, report_message("to-postmaster"), rcpt="postmaster@rua.example.net")
     assert code == 250
     assert [r["status"] for r in stored(server, "to-postmaster")] == ["stored"]
+
+
+def test_operators_list_and_read_what_was_not_stored(server: Server) -> None:
+    """``rua-sink messages`` lists what was kept but not stored as reports, and
+    ``rua-sink raw ID`` gives a message back byte for byte."""
+    broken = message((gz(report_xml(40, report_id="listed"))[:-40], "application/gzip", "l.gz"))
+    note = (
+        b"From: =?utf-8?q?Ops_=C3=A9quipe?= <ops@sender.example>\r\n"
+        b"Subject: bounce \x1b[31mred\x1b[0m\r\n\r\nHello.\r\n"
+    )
+    assert send(server, broken)[0] == 250
+    assert send(server, note, rcpt="postmaster@rua.example.net")[0] == 250
+    env = {"RUA_SINK_DATABASE_URL": server.database_url}
+    listed = cli("messages", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    items = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [i["status"] for i in items[:2]] == ["not_a_report", "quarantined"]  # newest first
+    kept, quarantined = items[:2]
+    assert kept["from"] == "Ops équipe <ops@sender.example>"
+    assert kept["subject"] == "bounce ?[31mred?[0m"  # no escape reaches a terminal
+    assert kept["rcpt_to"] == ["postmaster@rua.example.net"]
+    assert quarantined["reason"] == "truncated_archive"
+    text = cli("messages", "--status", "quarantined", env=env).stdout.splitlines()
+    assert str(quarantined["id"]) in text[0] and "truncated_archive" in text[0]
+    assert all("not_a_report" not in line for line in text)
+    for item, sent in ((kept, note), (quarantined, broken)):
+        raw = subprocess.run(
+            [*CLI, "raw", str(item["id"])],
+            env={**os.environ, **env},
+            capture_output=True,
+            check=False,
+        )
+        assert raw.returncode == 0, raw.stderr
+        assert raw.stdout == re.sub(rb"\r?\n", b"\r\n", sent)  # as smtplib sent it
+    missing = cli("raw", "999999999", env=env)
+    assert (missing.returncode, missing.stderr) == (1, "rua-sink: no raw message 999999999\n")
 
 
 def test_broken_report_is_accepted_and_quarantined(server: Server) -> None:
