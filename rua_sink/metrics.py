@@ -28,6 +28,7 @@ class ReplyReason(StrEnum):
     UNAUTHENTICATED = "unauthenticated"
     DNS_UNAVAILABLE = "dns_unavailable"
     DATABASE_UNAVAILABLE = "database_unavailable"
+    NO_STORAGE = "no_storage"
     INTERNAL_ERROR = "internal_error"
     TOO_BIG = "too_big"
     LINE_TOO_LONG = "line_too_long"

@@ -6,6 +6,7 @@ Reply codes follow SPEC.md's decision table (RFC 5321 4.2, RFC 3463 enhanced cod
 RCPT to an address that is not a report address        550 5.1.1 (never relays)
 SIZE= or DATA over the limit                            552 5.3.4
 database unreachable, commit failed                     451 4.3.0
+out of spool space                                      452 4.3.1
 DNS temporary error during the authorization check      451 4.4.3
 report for a domain that has not authorized us          550 5.7.1 (or stored, flagged)
 mail failing DMARC, RUA_SINK_REQUIRE_AUTHENTICATED=reject 550 5.7.1 (451 4.4.3: DNS failed)
@@ -65,6 +66,7 @@ REPLY_UNAUTHENTICATED = "550 5.7.1 The report's mail failed DMARC authentication
 REPLY_DNS = "451 4.4.3 Temporary DNS failure checking authorization, try again later"
 REPLY_TEMPORARY = "451 4.3.0 Temporary failure, try again later"
 REPLY_TOO_BIG = "552 5.3.4 Message size exceeds the maximum"
+REPLY_NO_STORAGE = "452 4.3.1 Insufficient system storage, try again later"
 REPLY_NO_SUCH_USER = "550 5.1.1 No such report address here"
 REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 REPLY_BUSY = "421 4.7.0 Too many connections, try again later"
@@ -414,7 +416,8 @@ class Spool:
 
     async def discard(self) -> None:
         if self._writer is not None:
-            await self._writer.close()
+            with contextlib.suppress(OSError):  # what is left to flush may not fit either
+                await self._writer.close()
         if self._reader is not None:
             self._reader.close()
         if self.path is not None:
@@ -437,8 +440,10 @@ async def read_data(
     """Read DATA from ``reader`` up to its end (a line holding only a dot, RFC 5321
     4.1.1.4), undo dot-stuffing (4.5.2) and hand the content to ``write``. Returns the
     size (the bytes before the final dot line, stuffing included) and "ok", "too_much"
-    (over ``size_limit``; nothing more is written) or "too_long" (a line longer than
-    ``line_limit`` without its CRLF, 4.5.3.1.6).
+    (over ``size_limit``; nothing more is written), "no_storage" (``write`` failed; nothing
+    more is written either) or "too_long" (a line longer than ``line_limit`` without its
+    CRLF, 4.5.3.1.6). Whatever the state, the data is read to its end, so that none of it
+    is taken for commands.
 
     The data is read in blocks, not lines: each ``readuntil`` stops at the next ".CRLF",
     or, when that is further off than the reader's limit, gives way to a read of the bytes
@@ -447,7 +452,7 @@ async def read_data(
     Whatever follows the final dot (pipelined commands, RFC 2920) stays in ``reader``.
     """
     size = 0
-    too_long = False
+    too_long = no_storage = False
     carry = b""  # the unfinished last line: what has been read of it
     pending: list[bytes] = []
     pending_bytes = 0
@@ -470,7 +475,7 @@ async def read_data(
                 carry = carry[-1:]  # enough to see a CRLF that straddles two reads
         if len(body) > line_limit + 2 and not too_long:
             too_long = max(map(len, body.split(b"\r\n"))) > line_limit
-        if too_long or (size_limit and size > size_limit):
+        if too_long or no_storage or (size_limit and size > size_limit):
             pending.clear()  # the message is refused: keep reading, store nothing
         elif body:
             if body.startswith(b"."):
@@ -478,13 +483,19 @@ async def read_data(
             pending.append(body.replace(b"\r\n.", b"\r\n"))
             pending_bytes += len(body)
         if pending and (done or pending_bytes >= _FLUSH_BYTES):
-            await write(b"".join(pending))
+            try:
+                await write(b"".join(pending))
+            except OSError as exc:  # a full disk, a file size limit
+                log.error("spool_write_failed", error=str(exc))
+                no_storage = True
             pending.clear()
             pending_bytes = 0
         if done:
             break
     if size_limit and size > size_limit:
         return size, "too_much"
+    if no_storage:
+        return size, "no_storage"
     return size, "too_long" if too_long else "ok"
 
 
@@ -626,11 +637,14 @@ class ReportSMTP(SMTP):
             elif state == "too_much":
                 metrics.reply(REPLY_TOO_BIG, ReplyReason.TOO_BIG)
                 await self.push(REPLY_TOO_BIG)
+            elif state == "no_storage" or (file := await self._spooled(spool)) is None:
+                metrics.reply(REPLY_NO_STORAGE, ReplyReason.NO_STORAGE)
+                await self.push(REPLY_NO_STORAGE)  # RFC 5321 4.2.2, SPEC H.47
             else:
                 assert self.session is not None
                 try:
                     status = await self.report_handler.deliver(
-                        self.session, self.envelope, SpooledMessage(await spool.reader(), size)
+                        self.session, self.envelope, SpooledMessage(file, size)
                     )
                 except Exception as error:  # noqa: BLE001 - answered 451, logged in full
                     status = await self.report_handler.handle_exception(error)
@@ -639,6 +653,15 @@ class ReportSMTP(SMTP):
             self.busy = False
             await spool.discard()
             self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd's own
+
+    @staticmethod
+    async def _spooled(spool: Spool) -> IO[bytes] | None:
+        """The spooled data to read, or None when its last bytes could not be written."""
+        try:
+            return await spool.reader()
+        except OSError as exc:
+            log.error("spool_write_failed", error=str(exc))
+            return None
 
     async def _receive(self, spool: Spool) -> tuple[int, str]:
         return await read_data(

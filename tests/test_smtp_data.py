@@ -7,6 +7,7 @@ import asyncio
 import gzip
 import itertools
 import re
+import resource
 import socket
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 from rua_sink.smtp import read_data
 
 from .reports import report_message
-from .smtpserver import Server, replies, stored
+from .smtpserver import Server, replies, running_alone, stored
 
 CRLF = b"\r\n"
 
@@ -163,3 +164,23 @@ def test_a_line_over_1000_octets_is_refused(server: Server) -> None:
     message = crlf(report_message("long-line")) + b"X-Long: " + b"y" * 1200 + CRLF
     assert dialogue(server, message + b".\r\n") == ["500", "221"]
     assert stored(server, "long-line") == []
+
+
+def test_a_spool_that_cannot_grow_is_a_temporary_failure(server_url: str) -> None:
+    """Out of spool space (here: a file size limit put on the running server), the rest of
+    the data is read and dropped, and the reply is 452 4.3.1: the session stays in step,
+    nothing of the message is kept, and the sender's retry, once there is room, is stored."""
+    padding = b"".join(b"%075d\r\n" % i for i in range(3000))  # 231 KB after the report
+    data = crlf(report_message("no-room")) + padding
+    with running_alone(server_url, "spool", RUA_SINK_SPOOL_MEMORY_BYTES="16KiB") as (server, _):
+        pid = server.process.pid
+        unlimited = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (100_000, unlimited[1]))
+        try:
+            assert dialogue(server, data + b".\r\n") == ["452", "221"]
+        finally:
+            resource.prlimit(pid, resource.RLIMIT_FSIZE, unlimited)
+        assert stored(server, "no-room") == []
+        assert not server.fetch("SELECT 1 FROM raw_messages")
+        assert dialogue(server, data + b".\r\n") == ["250", "221"]
+        assert len(stored(server, "no-room")) == 1
