@@ -8,7 +8,6 @@ import gzip
 import io
 import json
 import os
-import re
 import shutil
 import smtplib
 import sys
@@ -18,11 +17,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.errors import HeaderParseError
-from email.header import decode_header, make_header
-from email.message import Message
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,6 +24,7 @@ import asyncpg
 
 from . import backfill, config, migrate
 from .core.limits import Limits
+from .core.mime import header_text, leading_header_block, parse_fields
 from .database import DatabaseError, embedded, ensure_database, resolve_url
 from .ingest import Ingester, IngestResult, Outcome
 from .parsepool import ParsePool
@@ -187,17 +182,6 @@ def _printable(text: str) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
-def _header(block: Message, name: str) -> str | None:
-    value = block.get(name)
-    if value is None:
-        return None
-    try:
-        text = str(make_header(decode_header(str(value))))
-    except (HeaderParseError, LookupError, UnicodeError, ValueError):
-        text = str(value)  # as it stands, encoded words and all
-    return _printable(" ".join(text.split()))
-
-
 def message_head(head_gzip: bytes) -> dict[str, str | None]:
     """From and Subject of an archived message, from the first bytes of its gzip'd copy
     (at most 64 KiB of it inflated)."""
@@ -205,8 +189,9 @@ def message_head(head_gzip: bytes) -> dict[str, str | None]:
         head = zlib.decompressobj(wbits=31).decompress(head_gzip, _HEAD_BYTES)
     except zlib.error:
         head = b""
-    block = BytesHeaderParser(policy=compat32).parsebytes(re.split(rb"\r?\n\r?\n", head)[0])
-    return {"from": _header(block, "From"), "subject": _header(block, "Subject")}
+    fields = parse_fields(leading_header_block(io.BytesIO(head), _HEAD_BYTES))
+    texts = {name: header_text(fields, name) for name in ("from", "subject")}
+    return {name: None if text is None else _printable(text) for name, text in texts.items()}
 
 
 def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
