@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gzip
 import io
 import json
 import os
-import shutil
 import smtplib
 import sys
 import time
@@ -28,7 +26,7 @@ from .core.mime import header_text, leading_header_block, parse_fields
 from .database import DatabaseError, embedded, ensure_database, resolve_url
 from .ingest import Ingester, IngestResult, Outcome
 from .parsepool import ParsePool
-from .store import Envelope, Store
+from .store import Envelope, Store, unpack_archived
 
 
 @asynccontextmanager
@@ -239,8 +237,7 @@ def cmd_raw(args: argparse.Namespace, out: TextIO) -> int:
         print(f"rua-sink: no raw message {args.id}", file=sys.stderr)
         return 1
     out.flush()
-    with gzip.GzipFile(fileobj=io.BytesIO(content)) as archived:
-        shutil.copyfileobj(archived, out.buffer)
+    unpack_archived(content, out.buffer)
     out.buffer.flush()
     return 0
 

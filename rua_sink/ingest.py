@@ -17,7 +17,6 @@ import concurrent.futures
 import contextlib
 import gzip
 import hashlib
-import io
 import itertools
 import tempfile
 import threading
@@ -57,6 +56,7 @@ from .store import (
     epoch,
     month_start,
     reporter_key,
+    unpack_archived,
 )
 
 
@@ -312,9 +312,7 @@ class Ingester:
 
         async def attempt(_: int) -> IngestResult:
             with tempfile.SpooledTemporaryFile(max_size=self.limits.spool_memory_bytes) as spool:
-                with gzip.GzipFile(fileobj=io.BytesIO(content)) as unpacked:
-                    while chunk := unpacked.read(1 << 20):
-                        spool.write(chunk)
+                unpack_archived(content, spool)
                 spool.seek(0)
                 async with self.store.pool.acquire() as conn, conn.transaction():
                     await self.store.clear_reports(conn, raw_id)
@@ -526,11 +524,6 @@ class _Tally:
         else:
             self.result.reports_duplicate += 1
 
-    async def _head(self, head: AggregateReport) -> str | None:
-        """Where a report goes, and its verdict."""
-        self.place(head)
-        return await self.verdict()
-
     def place(self, head: AggregateReport) -> None:
         """Where a report goes: its month's partition must exist."""
         self.begin_at = epoch(head.metadata.begin)
@@ -603,6 +596,11 @@ class _Run(_Tally):
         self.prefix = ""  # the columns every record of the current report shares
         self.report: int | None = None  # row id of the aggregate report being loaded
         self.savepoint: Any = None
+
+    async def _head(self, head: AggregateReport) -> str | None:
+        """Where a report goes, and its verdict."""
+        self.place(head)
+        return await self.verdict()
 
     def _quarantine(self, failed: PartFailed, kind: str) -> None:
         """A part that yields no report: the message is kept, quarantined with its reason."""

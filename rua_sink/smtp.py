@@ -111,18 +111,22 @@ class AddressPolicy:
         self.local_domains = self.domains | {a.rpartition("@")[2] for a in self.exact}
 
     def accepts(self, address: str) -> bool:
-        address = address.strip().strip("<>").lower()
-        local, at, dom = address.rpartition("@")
-        if not at:
-            return address == "postmaster"  # RFC 5321 4.5.1: <postmaster> with no domain
-        if address in self.exact or dom in self.domains:
+        address = _bare(address)
+        _, at, dom = address.rpartition("@")
+        if at and (address in self.exact or dom in self.domains):
             return True
-        return local == "postmaster" and dom in self.local_domains
+        # RFC 5321 4.5.1: <postmaster> with no domain, or at one of ours
+        return self.postmaster(address) and (not at or dom in self.local_domains)
 
     @staticmethod
     def postmaster(address: str) -> bool:
-        address = address.strip().strip("<>").lower()
+        address = _bare(address)
         return address == "postmaster" or address.rpartition("@")[0] == "postmaster"
+
+
+def _bare(address: str) -> str:
+    """A path's address as the policy compares it: no brackets, lower case."""
+    return address.strip().strip("<>").lower()
 
 
 def _in_networks(ip: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bool:
@@ -475,7 +479,8 @@ async def read_data(
                 carry = carry[-1:]  # enough to see a CRLF that straddles two reads
         if len(body) > line_limit + 2 and not too_long:
             too_long = max(map(len, body.split(b"\r\n"))) > line_limit
-        if too_long or no_storage or (size_limit and size > size_limit):
+        too_much = bool(size_limit and size > size_limit)
+        if too_long or no_storage or too_much:
             pending.clear()  # the message is refused: keep reading, store nothing
         elif body:
             if body.startswith(b"."):
@@ -492,7 +497,7 @@ async def read_data(
             pending_bytes = 0
         if done:
             break
-    if size_limit and size > size_limit:
+    if too_much:
         return size, "too_much"
     if no_storage:
         return size, "no_storage"

@@ -9,8 +9,11 @@ to its savepoint and the message is quarantined with the reason.
 from __future__ import annotations
 
 import contextlib
+import gzip
 import hashlib
+import io
 import json
+import shutil
 import zlib
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
@@ -98,6 +101,12 @@ class RawMessage:
             parts.append(packer.compress(data))
         parts.append(packer.flush())
         return cls(digest.digest(), size, b"".join(parts))
+
+
+def unpack_archived(content_gzip: bytes, out: IO[bytes]) -> None:
+    """An archived copy (``RawMessage.content_gzip``) into ``out``, a MiB at a time."""
+    with gzip.GzipFile(fileobj=io.BytesIO(content_gzip)) as unpacked:
+        shutil.copyfileobj(unpacked, out, 1 << 20)
 
 
 def reporter_key(org_name: str, email: str | None) -> str:
