@@ -13,14 +13,18 @@ import asyncpg
 import pytest
 
 from rua_sink import migrate
+from rua_sink.core.limits import Limits
 from rua_sink.core.model import FailureReport
 from rua_sink.core.pipeline import parse_file
+from rua_sink.ingest import Ingester, IngestResult, Outcome
 from rua_sink.smtp import REPLY_DUPLICATE, REPLY_STORED
+from rua_sink.store import Store
 
 from .conftest import corpus
 from .pg import fetch, scratch_database
 from .procs import cli
 from .smtpserver import Server, deltas, running_alone, scrape, send
+from .storage import ingest_bytes, with_store
 from .test_failure_reports import ARF_DIR, RUF, arf
 
 NAMES = ["001.eml", "002.eml", "003.eml", "004.eml", "005.eml"]
@@ -214,3 +218,20 @@ def test_migration_keeps_the_first_of_the_copies_stored_before(
         assert done.returncode == 0, done.stderr
         summary = json.loads(done.stdout)
         assert (summary["reports_new"], summary["reports_duplicate"]) == (0, len(NAMES))
+
+
+def test_copies_arriving_at_once_are_stored_once(db: str) -> None:
+    # Eight copies of one report, each relayed along its own path, in eight transactions
+    # at once: the unique key lets one in, the others wait for it and are duplicates.
+    data = arf("005.eml")
+    copies = [relayed(data, f"r{i}") for i in range(8)]
+
+    async def go(store: Store) -> tuple[list[IngestResult], int]:
+        ingester = Ingester(store, limits=Limits())
+        results = await asyncio.gather(*(ingest_bytes(ingester, c) for c in copies))
+        return list(results), await store.pool.fetchval("SELECT count(*) FROM failure_reports")
+
+    results, stored = with_store(db, go, size=10)
+    assert sorted(r.outcome for r in results) == [Outcome.DUPLICATE] * 7 + [Outcome.STORED]
+    assert [r.reports_duplicate for r in results].count(1) == 7
+    assert stored == 1
