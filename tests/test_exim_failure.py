@@ -276,3 +276,21 @@ def test_plain_text_mail_is_still_refused(ruf: Server) -> None:
     data = exim_report(exim_text(opening="Your message could not be delivered.\r\n"))
     assert send(ruf, data, rcpt=RUF) == (550, REPLY_NOT_A_REPORT[4:])
     assert ruf.fetch(ROW_SQL) == []
+
+
+def test_a_broken_text_part_of_a_report_quarantines_nothing() -> None:
+    # The text part is kept to be read, not as a report: bad base64 in it, past the bytes
+    # sniffed, does not make the report beside it a failed part.
+    text = base64.encodebytes(b"Your TLS report is attached.\n" * 400).decode()
+    broken = text.replace("\n", "\r\n") + "!!!!\r\n"
+    report = base64.encodebytes(gzip.compress(b"{}")).decode().replace("\n", "\r\n")
+    data = (
+        'Subject: TLS report\r\nContent-Type: multipart/report; report-type=tlsrpt; boundary="b"'
+        "\r\n\r\n--b\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        f"{broken}--b\r\nContent-Type: application/tlsrpt+gzip\r\n"
+        f"Content-Transfer-Encoding: base64\r\n\r\n{report}--b--\r\n"
+    ).encode()
+    found = collect(parse_message(chunks(data, 512)))  # sniffed before the bad bytes come
+    # The JSON is empty: its part fails as a TLS report, and only that part.
+    assert [f.part.content_type for f in found.failed] == ["application/tlsrpt+gzip"]
+    assert found.failures == []

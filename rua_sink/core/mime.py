@@ -132,6 +132,33 @@ def _decoder_for(cte: str) -> _Decoder:
     return _Identity()  # 7bit, 8bit, binary, and unknown tokens (RFC 2045 6.4)
 
 
+class _ReadOnly:
+    """The decoder of a text kept only to be read (``report-text``): it is no report, so a
+    transfer-encoding error in it quarantines nothing; the text is dropped instead."""
+
+    def __init__(self, inner: _Decoder, leaf: _Leaf) -> None:
+        self._inner = inner
+        self._leaf = leaf
+
+    def decode(self, data: bytes) -> bytes:
+        try:
+            return self._inner.decode(data)
+        except TransferEncodingError:
+            self._drop()
+            return b""
+
+    def flush(self) -> bytes:
+        try:
+            return self._inner.flush()
+        except TransferEncodingError:
+            self._drop()
+            return b""
+
+    def _drop(self) -> None:
+        self._leaf.mode = _Sink.DISCARD
+        self._leaf.head = bytearray()
+
+
 # --- parts ---------------------------------------------------------------------------
 
 
@@ -637,6 +664,7 @@ class MimeWalker:
         elif leaf.capture:
             leaf.mode = _Sink.CAPTURE
             leaf.head = leaf.head[:_MAX_CAPTURE]
+            leaf.decoder = _ReadOnly(leaf.decoder, leaf)
             return
         else:
             leaf.mode = _Sink.DISCARD
