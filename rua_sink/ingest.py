@@ -30,6 +30,7 @@ from typing import IO, Any, TypeVar
 
 from .copytext import prefixed, record_line, report_prefix
 from .core.errors import NotAReport, Reason, RuaSinkError, UnsignedReport
+from .core.failure import exim_text
 from .core.fanout import Fanout
 from .core.limits import Limits
 from .core.mime import leading_header_block
@@ -771,7 +772,8 @@ _MIME_FIELDS = (b"content-type:", b"content-transfer-encoding:", b"mime-version:
 def redacted_copy(headers: list[bytes], report: FailureReport) -> bytes:
     """What the archive keeps of a failure report's message (RFC 9991 7, RFC 6590): its
     own header fields and an ARF body with the feedback fields and the reported
-    message's header fields, but not that message's body. It parses to the same report."""
+    message's header fields (Exim's text, for its reports), but not that message's
+    body. It parses to the same report."""
     kept: list[bytes] = []
     skipping = False
     for line in headers:
@@ -785,13 +787,21 @@ def redacted_copy(headers: list[bytes], report: FailureReport) -> bytes:
     fields = "\r\n".join(f"{k}: {v}" for k, v in report.fields)
     original = (report.original_headers or "").replace("\r\n", "\n").replace("\n", "\r\n")
     boundary = "rua-sink-redacted-" + hashlib.sha256(fields.encode()).hexdigest()[:16]
-    body = (
-        f"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; "
-        f'boundary="{boundary}"\r\n\r\n'
-        f"--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
-        "The reported message's body was removed on receipt; its header fields are kept.\r\n"
-        f"--{boundary}\r\nContent-Type: message/feedback-report\r\n\r\n{fields}\r\n"
-        f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n{original.rstrip()}\r\n"
-        f"--{boundary}--\r\n"
-    )
+    if report.report_format == "exim":
+        # Exim's report is its text part alone, written again from what was read of it.
+        body = (
+            f'MIME-Version: 1.0\r\nContent-Type: multipart/report; boundary="{boundary}"\r\n\r\n'
+            f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            f"{exim_text(report)}--{boundary}--\r\n"
+        )
+    else:
+        body = (
+            f"MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=feedback-report; "
+            f'boundary="{boundary}"\r\n\r\n'
+            f"--{boundary}\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+            "The reported message's body was removed on receipt; its header fields are kept.\r\n"
+            f"--{boundary}\r\nContent-Type: message/feedback-report\r\n\r\n{fields}\r\n"
+            f"--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n{original.rstrip()}\r\n"
+            f"--{boundary}--\r\n"
+        )
     return b"\r\n".join(kept) + b"\r\n" + body.encode("utf-8", "surrogateescape")

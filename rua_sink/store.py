@@ -602,7 +602,9 @@ class Store:
         authorization: str | None = None,
         authenticated: bool | None = None,
     ) -> bool:
-        """Store a failure report (one per message, RFC 5965 2); False if stored before."""
+        """Store a failure report; False if it was stored before: by this message (RFC 5965
+        2: one a message), or by another copy of it (``failure_reports_key``, computed by
+        the database from the fields and the reported header block: see migration 0005)."""
         value: int | None = await conn.fetchval(
             """
             INSERT INTO failure_reports (
@@ -611,10 +613,10 @@ class Store:
                 original_mail_from, original_rcpt_to, authentication_results, dkim_domain,
                 dkim_selector, fields, original_headers, authz_verdict, authenticated,
                 alignment_spec, alignment_failed, dkim_identity, spf_dns, original_envelope_id,
-                reporting_mta, incidents, arrived_at)
+                reporting_mta, incidents, arrived_at, report_format)
             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27)
-            ON CONFLICT ON CONSTRAINT failure_reports_once DO NOTHING
+                    $18, $19, $20, $21, $22, $23, $24, $25, $26, $27, $28)
+            ON CONFLICT DO NOTHING
             RETURNING id
             """,
             raw_id,
@@ -644,6 +646,7 @@ class Store:
             report.reporting_mta,
             report.incidents,
             None if report.arrived_at is None else epoch(report.arrived_at),
+            report.report_format,
         )
         return value is not None
 
@@ -726,11 +729,15 @@ class Store:
                 return int(await conn.fetchval(sql + "SELECT count(*) FROM d", before))  # noqa: S608
 
             # A failure report's raw message takes the report with it (ON DELETE CASCADE).
+            failure_before = max(cutoff, failure_cutoff or cutoff)
             failures = await delete(
                 "raw_messages",
                 "id IN (SELECT raw_message_id FROM failure_reports WHERE stored_at < $1)",
-                max(cutoff, failure_cutoff or cutoff),
+                failure_before,
             )
+            # A copy of a failure report stored before has no report row, but its message,
+            # redacted, still holds the reported header fields: it goes at the same time.
+            copies = await delete("raw_messages", "redacted AND received_at < $1", failure_before)
             reports = await delete("aggregate_reports", "end_at < $1")
             await conn.execute("DELETE FROM aggregate_records WHERE begin_at < $1", cutoff)
             tls = await delete("tls_reports", "end_at < $1")
@@ -746,7 +753,7 @@ class Store:
             "aggregate_reports": reports,
             "tls_reports": tls,
             "failure_reports": failures,
-            "raw_messages": raw + failures,
+            "raw_messages": raw + failures + copies,
             "source_hosts": hosts,
         }
 

@@ -132,6 +132,33 @@ def _decoder_for(cte: str) -> _Decoder:
     return _Identity()  # 7bit, 8bit, binary, and unknown tokens (RFC 2045 6.4)
 
 
+class _ReadOnly:
+    """The decoder of a text kept only to be read (``report-text``): it is no report, so a
+    transfer-encoding error in it quarantines nothing; the text is dropped instead."""
+
+    def __init__(self, inner: _Decoder, leaf: _Leaf) -> None:
+        self._inner = inner
+        self._leaf = leaf
+
+    def decode(self, data: bytes) -> bytes:
+        try:
+            return self._inner.decode(data)
+        except TransferEncodingError:
+            self._drop()
+            return b""
+
+    def flush(self) -> bytes:
+        try:
+            return self._inner.flush()
+        except TransferEncodingError:
+            self._drop()
+            return b""
+
+    def _drop(self) -> None:
+        self._leaf.mode = _Sink.DISCARD
+        self._leaf.head = bytearray()
+
+
 # --- parts ---------------------------------------------------------------------------
 
 
@@ -304,7 +331,7 @@ class CapturedPart:
     """A small part kept whole: ARF feedback fields or a reported message's headers."""
 
     info: PartInfo
-    kind: str  # "feedback-report" | "original-headers"
+    kind: str  # "feedback-report" | "original-headers" | "report-text"
     data: bytes
 
 
@@ -345,6 +372,7 @@ class _Frame:
     delimiter: bytes  # b"--" + boundary
     is_arf: bool
     depth: int
+    is_report: bool = False  # any multipart/report (RFC 6522)
 
 
 class _Mode(Enum):
@@ -371,7 +399,11 @@ class MimeWalker:
         # Context of the next header block: nesting depth and what it belongs to.
         self._next_depth = 0
         self._next_in_arf = False
+        self._next_in_report = False
         self._next_is_reported_message = False
+        # One text part of a multipart/report is kept, for the report it may be written in
+        # (Exim's DMARC failure reports: core.failure.parse_exim_text).
+        self._report_text_kept = False
         self.report_like_parts = 0
 
     # -- public ---------------------------------------------------------------------
@@ -453,6 +485,7 @@ class MimeWalker:
         self._at_bol = True
         self._line_len = 0
         in_arf = self._next_in_arf
+        in_report, self._next_in_report = self._next_in_report, False
         if self._next_is_reported_message:
             # RFC 5965 2: the reported message. Keep its header block, skip its body.
             self._next_is_reported_message = False
@@ -465,7 +498,9 @@ class MimeWalker:
             if depth + 1 > self._limits.max_mime_depth:
                 raise MimeTooDeep(depth + 1, self._limits.max_mime_depth)
             is_arf = ctype == "multipart/report" and headers.report_type == "feedback-report"
-            self._stack.append(_Frame(b"--" + headers.boundary, is_arf, depth + 1))
+            self._stack.append(
+                _Frame(b"--" + headers.boundary, is_arf, depth + 1, ctype == "multipart/report")
+            )
             self._leaf = None  # preamble: discarded
             return
         if ctype == "message/rfc822" and headers.cte in ("7bit", "8bit", "binary"):
@@ -481,6 +516,11 @@ class MimeWalker:
             self._leaf = _Leaf(info, _decoder_for(headers.cte), _Sink.CAPTURE, "feedback-report")
         elif ctype == "text/rfc822-headers" and in_arf:
             self._leaf = _Leaf(info, _decoder_for(headers.cte), _Sink.CAPTURE, "original-headers")
+        elif ctype == "text/plain" and in_report and not self._report_text_kept:
+            # Sniffed like any part; kept (up to _MAX_CAPTURE) if it is not report-like.
+            # Whatever the report-type: the text is read only when no feedback part came.
+            self._report_text_kept = True
+            self._leaf = _Leaf(info, _decoder_for(headers.cte), _Sink.SNIFF, "report-text")
         else:
             self._leaf = _Leaf(info, _decoder_for(headers.cte), _Sink.SNIFF, "")
 
@@ -578,6 +618,7 @@ class MimeWalker:
             self._mode = _Mode.HEADERS
             self._next_depth = frame.depth
             self._next_in_arf = frame.is_arf
+            self._next_in_report = frame.is_report
 
     # -- body bytes -------------------------------------------------------------------
 
@@ -620,6 +661,11 @@ class MimeWalker:
             leaf.file = self._spool(self._limits.spool_memory_bytes)
             leaf.file.write(head)
             self.report_like_parts += 1
+        elif leaf.capture:
+            leaf.mode = _Sink.CAPTURE
+            leaf.head = leaf.head[:_MAX_CAPTURE]
+            leaf.decoder = _ReadOnly(leaf.decoder, leaf)
+            return
         else:
             leaf.mode = _Sink.DISCARD
         leaf.head = bytearray()

@@ -348,6 +348,9 @@ class FailureReport:
     #: not tell; and under it, the mechanisms that gave no aligned pass.
     alignment_spec: str | None = None
     alignment_failed: tuple[str, ...] | None = None
+    #: ``arf`` (a message/feedback-report part), or ``exim`` (the plain-text report of
+    #: Exim's DMARC module, read into the same fields: see ``failure.parse_exim_text``)
+    report_format: str = "arf"
 
 
 # --- failures that are values --------------------------------------------------------

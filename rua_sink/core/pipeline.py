@@ -22,7 +22,7 @@ from typing import IO
 
 from .aggregate import parse_aggregate
 from .errors import MessageTooLarge, NotAReport, RuaSinkError, UnknownFormat
-from .failure import parse_feedback
+from .failure import parse_exim_text, parse_feedback
 from .fanout import Fanout
 from .limits import Limits
 from .mime import CapturedPart, FailedPart, MimeWalker, SpooledPart, SpoolFactory, WalkResult
@@ -48,6 +48,7 @@ def parse_message(
     walker = MimeWalker(limits, spool)
     feedback: list[CapturedPart] = []
     original: list[CapturedPart] = []
+    texts: list[CapturedPart] = []
 
     def handle(items: list[WalkResult]) -> Iterator[Event]:
         for item in items:
@@ -62,6 +63,8 @@ def parse_message(
                 yield PartFailed(item.info, item.error)
             elif item.kind == "feedback-report":
                 feedback.append(item)
+            elif item.kind == "report-text":
+                texts.append(item)
             else:
                 original.append(item)
 
@@ -72,7 +75,12 @@ def parse_message(
     headers = original[0].data if original else None
     for part in feedback:
         yield parse_feedback(part.data, part.info, headers)
-    if walker.report_like_parts == 0 and not feedback:
+    # Exim's DMARC failure report: a multipart/report with no feedback part, whose text
+    # says it all. Only the exact shape is taken (parse_exim_text), not any text.
+    exim = parse_exim_text(texts[0].data, texts[0].info) if texts and not feedback else None
+    if exim is not None:
+        yield exim
+    if walker.report_like_parts == 0 and not feedback and exim is None:
         raise NotAReport("the message has no report-like part")
 
 
