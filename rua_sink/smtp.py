@@ -543,10 +543,10 @@ async def read_data(
             body, carry, done = data[:cut], data[cut:], False
         at_line_start = not line_len
         if body and not too_long:
-            lines = body.split(b"\n")  # the last one is empty: the body ends with LF
-            first = lines[0]
-            too_long = line_len + len(first) - first.endswith(b"\r") > line_limit or (
-                len(body) > line_limit + 1 and _over(lines, line_limit)
+            end = body.find(b"\n")  # of the first line, which may have begun before
+            first = line_len + end - (body[end - 1 : end] == b"\r")
+            too_long = first > line_limit or (
+                len(body) > line_limit + 1 and _over(body.split(b"\n"), line_limit)
             )
         if body:
             line_len = 0
