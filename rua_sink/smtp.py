@@ -50,6 +50,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from . import logs
 from .authz import Authorization, AuthorizationUnavailable, Authorizer, Verdict
+from .core.limits import Limits
 from .core.model import ReportType
 from .ingest import Ingester, Outcome
 from .mailauth import AuthPolicy, AuthUnavailable, MailAuth, MailAuthenticator
@@ -601,7 +602,7 @@ class ReportSMTP(SMTP):
         sessions: Sessions,
         data_timeout: float,
         spool_memory: int,
-        data_line_limit: int = 1 << 20,
+        data_line_limit: int = Limits().max_line_bytes,
         trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
         **kwargs: Any,
     ) -> None:
