@@ -33,7 +33,7 @@ from .mailauth import AuthPolicy, MailAuthenticator
 from .metrics import Metrics
 from .parsepool import ParsePool
 from .senders import SenderIdentifier, ServiceMap
-from .smtp import AddressPolicy, ReportHandler, ReportSMTP, Sessions
+from .smtp import AddressPolicy, ReportHandler, ReportSMTP, Sessions, remove_stale_spools
 from .store import Store
 
 log = logs.get("rua_sink")
@@ -132,6 +132,7 @@ class App:
             sessions=self.sessions,
             data_timeout=s.data_timeout,
             spool_memory=s.limits.spool_memory_bytes,
+            data_line_limit=s.limits.max_line_bytes,
             trusted_proxies=s.proxy_protocol_from,
             data_size_limit=s.limits.max_message_bytes,
             enable_SMTPUTF8=True,
@@ -147,6 +148,9 @@ class App:
         loop = asyncio.get_running_loop()
         host, port = self.settings.smtp_listen
         self.smtp_server = await loop.create_server(self._protocol, host, port)
+        # The port is ours: spool files in the temporary folder are no live session's.
+        if removed := remove_stale_spools():
+            log.warning("stale_spool_files_removed", count=removed)
         http_host, http_port = self.settings.http_listen
         self.http_server = await asyncio.start_server(self._http, http_host, http_port)
         if self.parse_pool is not None:

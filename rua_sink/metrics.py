@@ -32,6 +32,7 @@ class ReplyReason(StrEnum):
     INTERNAL_ERROR = "internal_error"
     TOO_BIG = "too_big"
     LINE_TOO_LONG = "line_too_long"
+    BAD_SYNTAX = "bad_syntax"
     DATA_TIMEOUT = "data_timeout"
     UNKNOWN_RECIPIENT = "unknown_recipient"
     TOO_MANY_RECIPIENTS = "too_many_recipients"

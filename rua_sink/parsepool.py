@@ -6,12 +6,22 @@ starts small, replaced when one dies (a pool whose worker was killed is broken f
 good in ``concurrent.futures``), and stopped with the program. Their results are COPY
 text (``copytext.encode_records``), so what crosses back is about the size of the XML
 it came from, a fraction of the records as Python objects.
+
+The workers end with the receiving process, however it ends (``kill -9`` included): each
+watches it through a pidfd (Linux 5.3), in a thread that waits for the pidfd to become
+readable and then exits the worker. PR_SET_PDEATHSIG would not do: a worker's parent is
+the fork server, not the receiving process. Once the workers are gone, the fork server
+follows by itself: it exits when the last holder of its "alive" pipe (the receiving
+process and the workers) has closed it.
 """
 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import select
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -31,6 +41,34 @@ def _ready() -> bool:
     return True
 
 
+def _end_with(parent: int) -> None:
+    """Worker initializer: the worker exits as soon as ``parent`` has ended."""
+    try:
+        pidfd = os.pidfd_open(parent)
+    except ProcessLookupError:
+        os._exit(1)  # gone before we started
+    except OSError:  # no pidfd (an old kernel): look every second
+        threading.Thread(target=_poll, args=(parent,), name="lifeline", daemon=True).start()
+        return
+    threading.Thread(target=_wait, args=(pidfd,), name="lifeline", daemon=True).start()
+
+
+def _wait(pidfd: int) -> None:
+    select.select([pidfd], [], [])  # readable once the process has ended (pidfd_open(2))
+    os._exit(1)
+
+
+def _poll(parent: int) -> None:
+    while True:
+        time.sleep(1)
+        try:
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            os._exit(1)
+        except PermissionError:  # alive, or its pid taken by another user's process
+            pass
+
+
 class _Respawning(Executor):
     """A process pool that replaces itself when it breaks."""
 
@@ -44,7 +82,12 @@ class _Respawning(Executor):
             if self._pool is None:
                 context = multiprocessing.get_context("forkserver")
                 context.set_forkserver_preload(_PRELOAD)
-                self._pool = ProcessPoolExecutor(self.workers, mp_context=context)
+                self._pool = ProcessPoolExecutor(
+                    self.workers,
+                    mp_context=context,
+                    initializer=_end_with,
+                    initargs=(os.getpid(),),
+                )
             return self._pool
 
     def submit(self, fn: Callable[P, T], /, *args: P.args, **kwargs: P.kwargs) -> Future[T]:

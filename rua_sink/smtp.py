@@ -5,6 +5,9 @@ Reply codes follow SPEC.md's decision table (RFC 5321 4.2, RFC 3463 enhanced cod
 =====================================================  =========================
 RCPT to an address that is not a report address        550 5.1.1 (never relays)
 SIZE= or DATA over the limit                            552 5.3.4
+a DATA line over max_line_bytes (bare LF ends a line)   500 5.5.2
+a NUL or bytes that are not UTF-8 in HELO/EHLO          501 5.5.2
+... in MAIL FROM, in RCPT TO                            501 5.1.7, 501 5.1.3
 database unreachable, commit failed                     451 4.3.0
 out of spool space                                      452 4.3.1
 DNS temporary error during the authorization check      451 4.4.3
@@ -22,7 +25,7 @@ A 250 is sent only after the message, its reports and their records are committe
 
 aiosmtpd's own DATA handling keeps the whole message in memory (about three times its
 size); ``ReportSMTP.smtp_DATA`` replaces it with one that writes blocks to a ``Spool`` as
-they arrive (memory, then a temporary file written through aiofiles), so a session's
+they arrive (memory, then a temporary file without a name), so a session's
 memory does not grow with the message. It follows aiosmtpd 1.4's ``smtp_DATA`` closely
 (``aiosmtpd`` is pinned to 1.4.x for that reason).
 """
@@ -42,12 +45,12 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import IO, Any, cast
 
-import aiofiles
 import asyncpg
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from . import logs
 from .authz import Authorization, AuthorizationUnavailable, Authorizer, Verdict
+from .core.limits import Limits
 from .core.model import ReportType
 from .ingest import Ingester, Outcome
 from .mailauth import AuthPolicy, AuthUnavailable, MailAuth, MailAuthenticator
@@ -70,6 +73,17 @@ REPLY_NO_STORAGE = "452 4.3.1 Insufficient system storage, try again later"
 REPLY_NO_SUCH_USER = "550 5.1.1 No such report address here"
 REPLY_TOO_MANY_RCPTS = "452 4.5.3 Too many recipients"
 REPLY_BUSY = "421 4.7.0 Too many connections, try again later"
+REPLY_LINE_TOO_LONG = "500 5.5.2 Line too long"
+# RFC 3463 3.6: X.5.2 syntax error; 3.2: X.1.7 bad sender's, X.1.3 bad destination
+# mailbox address syntax
+REPLY_BAD_HELO = "501 5.5.2 Invalid characters in the host name"
+REPLY_BAD_SENDER = "501 5.1.7 Invalid characters in the sender address"
+REPLY_BAD_RECIPIENT = "501 5.1.3 Invalid characters in the recipient address"
+
+#: What a command argument must not hold, as aiosmtpd decodes it (UTF-8, undecodable bytes
+#: as lone surrogates): NUL, which no PostgreSQL text can hold, and bytes that are not
+#: UTF-8 (RFC 6531 3.3 allows UTF-8 only).
+_UNSTORABLE = re.compile("[\x00\udc80-\udcff]")
 
 _SIZE = re.compile(r"\bSIZE=(\d+)", re.IGNORECASE)
 
@@ -385,53 +399,93 @@ class Sessions:
             self.idle.set()
 
 
+#: The name that spool files of earlier versions (and of a crash inside
+#: ``tempfile.TemporaryFile``'s fallback, between creating and unlinking) start with.
+SPOOL_PREFIX = "rua-sink-data-"
+
+
 class Spool:
     """DATA as it arrives: in memory up to ``memory`` bytes, then in a temporary file
-    written through aiofiles, so that disk writes never hold up the event loop."""
+    written in a worker thread, so that disk writes never hold up the event loop.
+
+    The file has no name (``tempfile.TemporaryFile``: O_TMPFILE, or unlinked as soon as
+    created), so it cannot outlive its session: the kernel frees it when it is closed,
+    whether by ``close`` at the end of DATA, by a cancellation of the session's task (the
+    file object is then closed when collected) or by the death of the process."""
 
     def __init__(self, memory: int) -> None:
         self.memory = memory
         self._buffer = io.BytesIO()
-        self._writer: Any = None  # an aiofiles file, once the data outgrows memory
-        self._reader: IO[bytes] | None = None
-        self.path: str | None = None
+        self._file: IO[bytes] | None = None  # once the data outgrows memory
 
     async def write(self, data: bytes) -> None:
-        if self._writer is None:
+        if self._file is None:
             if self._buffer.tell() + len(data) <= self.memory:
                 self._buffer.write(data)
                 return
-            fd, self.path = tempfile.mkstemp(prefix="rua-sink-data-")
-            os.close(fd)
-            self._writer = await aiofiles.open(self.path, "wb")
-            await self._writer.write(self._buffer.getvalue())
+            self._file = tempfile.TemporaryFile(prefix=SPOOL_PREFIX)  # noqa: SIM115 - see close()
+            data = self._buffer.getvalue() + data
             self._buffer = io.BytesIO()
-        await self._writer.write(data)
+        await asyncio.get_running_loop().run_in_executor(None, self._file.write, data)
 
     async def reader(self) -> IO[bytes]:
         """The data, from its start, as a file the (synchronous) parser can read."""
-        if self._writer is None:
+        file = self._file
+        if file is None:
             self._buffer.seek(0)
             return self._buffer
-        await self._writer.close()
-        assert self.path is not None
-        self._reader = open(self.path, "rb")  # noqa: SIM115 - closed by discard()
-        return self._reader
+        await asyncio.get_running_loop().run_in_executor(None, file.flush)
+        file.seek(0)
+        return file
 
-    async def discard(self) -> None:
-        if self._writer is not None:
+    def close(self) -> None:
+        """Frees the data; synchronous, so that nothing (a cancellation) can stop it half
+        way."""
+        file, self._file = self._file, None
+        if file is not None:
             with contextlib.suppress(OSError):  # what is left to flush may not fit either
-                await self._writer.close()
-        if self._reader is not None:
-            self._reader.close()
-        if self.path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.path)
+                file.close()
         self._buffer = io.BytesIO()
+
+
+def remove_stale_spools() -> int:
+    """Removes the spool files that earlier runs left in the temporary folder (the named
+    files of older versions, killed or cut off before they removed them); returns how
+    many. Called at start, once the SMTP port is ours."""
+    try:
+        with os.scandir(tempfile.gettempdir()) as entries:
+            stale = [
+                e.path
+                for e in entries
+                if e.name.startswith(SPOOL_PREFIX) and e.is_file(follow_symlinks=False)
+            ]
+    except OSError:
+        return 0
+    removed = 0
+    for path in stale:
+        try:
+            os.unlink(path)
+        except OSError:
+            continue
+        removed += 1
+    return removed
 
 
 _END = b".\r\n"
 _FLUSH_BYTES = 65536
+#: A bare LF, not the end of a CRLF: the line ends there all the same (see read_data).
+_BARE_LF = re.compile(rb"(?<!\r)\n")
+
+
+def _over(lines: list[bytes], limit: int) -> bool:
+    """Whether one of ``lines`` (split at LF) is longer than ``limit``, a CR before its LF
+    not counted."""
+    longest = max(map(len, lines))
+    if longest <= limit:
+        return False
+    return longest > limit + 1 or any(
+        len(line) == longest and not line.endswith(b"\r") for line in lines
+    )
 
 
 async def read_data(
@@ -440,24 +494,36 @@ async def read_data(
     *,
     line_limit: int,
     size_limit: int | None,
+    carry_limit: int = _FLUSH_BYTES,
 ) -> tuple[int, str]:
     """Read DATA from ``reader`` up to its end (a line holding only a dot, RFC 5321
     4.1.1.4), undo dot-stuffing (4.5.2) and hand the content to ``write``. Returns the
-    size (the bytes before the final dot line, stuffing included) and "ok", "too_much"
-    (over ``size_limit``; nothing more is written), "no_storage" (``write`` failed; nothing
-    more is written either) or "too_long" (a line longer than ``line_limit`` without its
-    CRLF, 4.5.3.1.6). Whatever the state, the data is read to its end, so that none of it
-    is taken for commands.
+    size (the bytes before the final dot line, as received) and "ok", "too_much" (over
+    ``size_limit``; nothing more is written), "no_storage" (``write`` failed; nothing more
+    is written either) or "too_long" (a line longer than ``line_limit``, its end not
+    counted). Whatever the state, the data is read to its end, so that none of it is
+    taken for commands.
+
+    Lines end at CRLF or at a bare LF, which is taken for a CRLF (as Postfix does by
+    default): it ends the line for the length check, the line after it is unstuffed, and
+    it is handed on as CRLF, so that such a message is stored like its CRLF twin. The
+    data itself ends only at CRLF.CRLF: a bare LF or CR around the dot (LF.LF, CR.LF,
+    LF.CRLF, CRLF.CR) does not end it, so no second message can hide behind such an end
+    (the SMTP smuggling attacks of 2023). Whatever follows the final dot (pipelined
+    commands, RFC 2920) stays in ``reader``.
 
     The data is read in blocks, not lines: each ``readuntil`` stops at the next ".CRLF",
     or, when that is further off than the reader's limit, gives way to a read of the bytes
-    before it. Only CRLF ends a line, so the data ends at CRLF.CRLF and nothing else: a
-    bare LF around the dot does not end it (the SMTP smuggling attacks of 2023 use those).
-    Whatever follows the final dot (pipelined commands, RFC 2920) stays in ``reader``.
+    before it (which never end inside a ".CRLF"). An unfinished line is held back to the
+    next block, up to ``carry_limit`` bytes; past that, all of it but its last byte (a CR
+    may start the CRLF) is handed on and only its length is kept, so a session's memory
+    does not grow with ``line_limit``.
     """
     size = 0
-    too_long = no_storage = False
-    carry = b""  # the unfinished last line: what has been read of it
+    too_long = no_storage = too_much = False
+    carry = b""  # the current line's bytes not handed on yet: all of them, or its last one
+    line_len = 0  # the current line's bytes handed on before ``carry``
+    after_crlf = True  # the line in ``carry`` follows a CRLF (at first: DATA's own)
     pending: list[bytes] = []
     pending_bytes = 0
     while True:
@@ -467,26 +533,47 @@ async def read_data(
         except asyncio.LimitOverrunError as e:
             chunk = await reader.read(e.consumed)  # no ".CRLF" starts in these bytes
             at_dot = False
+        size += len(chunk)
         data = carry + chunk if carry else chunk
-        if at_dot and (data == _END or data.endswith(b"\r\n.\r\n")):
-            body, carry, size, done = data[:-3], b"", size + len(chunk) - 3, True
+        if at_dot and (
+            data.endswith(b"\r\n.\r\n") or (data == _END and after_crlf and not line_len)
+        ):
+            body, carry, size, done = data[:-3], b"", size - 3, True
         else:
-            cut = data.rfind(b"\r\n") + 2
-            cut = 0 if cut == 1 else cut  # no CRLF at all
-            body, carry, size, done = data[:cut], data[cut:], size + len(chunk), False
-            if len(carry) - carry.endswith(b"\r") > line_limit:  # a CR may start the CRLF
-                too_long = True
-                carry = carry[-1:]  # enough to see a CRLF that straddles two reads
-        if len(body) > line_limit + 2 and not too_long:
-            too_long = max(map(len, body.split(b"\r\n"))) > line_limit
-        too_much = bool(size_limit and size > size_limit)
+            cut = data.rfind(b"\n") + 1
+            body, carry, done = data[:cut], data[cut:], False
+        at_line_start = not line_len
+        if body and not too_long:
+            end = body.find(b"\n")  # of the first line, which may have begun before
+            first = line_len + end - (body[end - 1 : end] == b"\r")
+            too_long = first > line_limit or (
+                len(body) > line_limit + 1 and _over(body.split(b"\n"), line_limit)
+            )
+        if body:
+            line_len = 0
+            after_crlf = body.endswith(b"\r\n")
+        if line_len + len(carry) - carry.endswith(b"\r") > line_limit:
+            too_long = True
+        piece = b""
+        if len(carry) > carry_limit or (too_long and carry):
+            piece, carry = carry[:-1], carry[-1:]
+            line_len += len(piece)
+        too_much = too_much or bool(size_limit and size > size_limit)
         if too_long or no_storage or too_much:
             pending.clear()  # the message is refused: keep reading, store nothing
-        elif body:
-            if body.startswith(b"."):
-                body = body[1:]  # body starts at the start of a line
-            pending.append(body.replace(b"\r\n.", b"\r\n"))
-            pending_bytes += len(body)
+        else:
+            if body:
+                if at_line_start and body.startswith(b"."):
+                    body = body[1:]
+                if body.count(b"\n") != body.count(b"\r\n"):
+                    body = _BARE_LF.sub(b"\r\n", body)
+                pending.append(body.replace(b"\r\n.", b"\r\n"))
+                pending_bytes += len(body)
+            if piece:
+                if not line_len - len(piece) and piece.startswith(b"."):
+                    piece = piece[1:]  # the line starts with this piece
+                pending.append(piece)
+                pending_bytes += len(piece)
         if pending and (done or pending_bytes >= _FLUSH_BYTES):
             try:
                 await write(b"".join(pending))
@@ -515,6 +602,7 @@ class ReportSMTP(SMTP):
         sessions: Sessions,
         data_timeout: float,
         spool_memory: int,
+        data_line_limit: int = Limits().max_line_bytes,
         trusted_proxies: tuple[IPv4Network | IPv6Network, ...] = (),
         **kwargs: Any,
     ) -> None:
@@ -524,6 +612,8 @@ class ReportSMTP(SMTP):
         self.sessions = sessions
         self.data_timeout = data_timeout
         self.spool_memory = spool_memory
+        #: DATA lines; command lines keep aiosmtpd's RFC 5321 4.5.3.1.4-6 limits
+        self.data_line_limit = data_line_limit
         self._counted_ip: str | None = None
         self._in_data = False
         self._tls_used = False
@@ -595,8 +685,34 @@ class ReportSMTP(SMTP):
         plain = plain_path(arg, self.local_part_limit)
         return plain if plain is not None else super()._getaddr(arg)
 
+    async def _refused(self, arg: str | None, reply: str) -> bool:
+        """Refuses an argument that could not be stored (see ``_UNSTORABLE``) at its
+        command, so that it never reaches the database."""
+        if not arg or _UNSTORABLE.search(arg) is None:
+            return False
+        self.report_handler.metrics.reply(reply, ReplyReason.BAD_SYNTAX)
+        await self.push(reply)
+        return True
+
+    @syntax("HELO hostname")
+    async def smtp_HELO(self, hostname: str) -> None:
+        if not await self._refused(hostname, REPLY_BAD_HELO):
+            await super().smtp_HELO(hostname)
+
+    @syntax("EHLO hostname")
+    async def smtp_EHLO(self, hostname: str) -> None:
+        if not await self._refused(hostname, REPLY_BAD_HELO):
+            await super().smtp_EHLO(hostname)
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if not await self._refused(arg, REPLY_BAD_RECIPIENT):
+            await super().smtp_RCPT(arg)
+
     @syntax("MAIL FROM:<address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str) -> None:
+        if await self._refused(arg, REPLY_BAD_SENDER):
+            return
         m = _SIZE.search(arg or "")
         if m and self.data_size_limit and int(m.group(1)) > self.data_size_limit:
             self.report_handler.metrics.reply(REPLY_TOO_BIG, ReplyReason.TOO_BIG)
@@ -637,8 +753,8 @@ class ReportSMTP(SMTP):
             metrics.messages.inc()
             metrics.message_size.observe(size)
             if state == "too_long":
-                metrics.reply("500", ReplyReason.LINE_TOO_LONG)
-                await self.push("500 5.5.2 Line too long (see RFC 5321 4.5.3.1.6)")
+                metrics.reply(REPLY_LINE_TOO_LONG, ReplyReason.LINE_TOO_LONG)
+                await self.push(REPLY_LINE_TOO_LONG)
             elif state == "too_much":
                 metrics.reply(REPLY_TOO_BIG, ReplyReason.TOO_BIG)
                 await self.push(REPLY_TOO_BIG)
@@ -655,8 +771,8 @@ class ReportSMTP(SMTP):
                     status = await self.report_handler.handle_exception(error)
                 await self.push(status)
         finally:
+            spool.close()  # first, and not awaited: a cancelled session frees it too
             self.busy = False
-            await spool.discard()
             self._set_post_data_state()  # type: ignore[no-untyped-call]  # aiosmtpd's own
 
     @staticmethod
@@ -672,6 +788,6 @@ class ReportSMTP(SMTP):
         return await read_data(
             self._reader,
             spool.write,
-            line_limit=self.line_length_limit,
+            line_limit=self.data_line_limit,
             size_limit=self.data_size_limit,
         )

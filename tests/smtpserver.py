@@ -148,8 +148,11 @@ def server(database_url: str) -> Iterator[Server]:
     zone.txt["example.com._report._dmarc.reports.example.net"] = ["v=DMARC1"]
     zone.txt["_smtp._tls.example.com"] = ["v=TLSRPTv1; rua=mailto:dmarc@rua.example.net"]
     zone.servfail.add("broken.example._report._dmarc.rua.example.net")
-    # A small spool memory: messages over 64 KiB go through the spool's file.
-    with running(database_url, zone, RUA_SINK_SPOOL_MEMORY_BYTES="64KiB") as srv:
+    # A small spool memory: messages over 64 KiB go through the spool's file. A line
+    # limit under the message limit, so that a line over it can be sent.
+    with running(
+        database_url, zone, RUA_SINK_SPOOL_MEMORY_BYTES="64KiB", RUA_SINK_MAX_LINE_BYTES="256KiB"
+    ) as srv:
         yield srv
 
 

@@ -23,7 +23,8 @@ class Limits:
     max_message_bytes: int = 64 * MiB
     #: One header block (the message's or a part's).
     max_header_bytes: int = 256 * KiB
-    #: One line of a body. RFC 5322 2.1.1 allows 998; this is generous for exports.
+    #: One line: of the SMTP data (a bare LF ends one too), and of a body. RFC 5322 2.1.1
+    #: allows 998; this is generous for exports written on one line.
     max_line_bytes: int = 1 * MiB
     #: Nesting of multiparts and message/rfc822.
     max_mime_depth: int = 20
