@@ -45,7 +45,9 @@ from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network, ip_address
 from typing import IO, Any, cast
 
+import aiofiles.threadpool
 import asyncpg
+from aiofiles.threadpool.binary import AsyncBufferedIOBase
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from . import logs
@@ -406,7 +408,8 @@ SPOOL_PREFIX = "rua-sink-data-"
 
 class Spool:
     """DATA as it arrives: in memory up to ``memory`` bytes, then in a temporary file
-    written in a worker thread, so that disk writes never hold up the event loop.
+    written through aiofiles (in a worker thread), so that disk writes never hold up the
+    event loop.
 
     The file has no name (``tempfile.TemporaryFile``: O_TMPFILE, or unlinked as soon as
     created), so it cannot outlive its session: the kernel frees it when it is closed,
@@ -417,6 +420,7 @@ class Spool:
         self.memory = memory
         self._buffer = io.BytesIO()
         self._file: IO[bytes] | None = None  # once the data outgrows memory
+        self._writer: AsyncBufferedIOBase | None = None  # the same file, written async
 
     async def write(self, data: bytes) -> None:
         if self._file is None:
@@ -424,24 +428,26 @@ class Spool:
                 self._buffer.write(data)
                 return
             self._file = tempfile.TemporaryFile(prefix=SPOOL_PREFIX)  # noqa: SIM115 - see close()
+            self._writer = aiofiles.threadpool.wrap(self._file)
             data = self._buffer.getvalue() + data
             self._buffer = io.BytesIO()
-        await asyncio.get_running_loop().run_in_executor(None, self._file.write, data)
+        assert self._writer is not None
+        await self._writer.write(data)
 
     async def reader(self) -> IO[bytes]:
         """The data, from its start, as a file the (synchronous) parser can read."""
-        file = self._file
-        if file is None:
+        file, writer = self._file, self._writer
+        if file is None or writer is None:
             self._buffer.seek(0)
             return self._buffer
-        await asyncio.get_running_loop().run_in_executor(None, file.flush)
+        await writer.flush()
         file.seek(0)
         return file
 
     def close(self) -> None:
         """Frees the data; synchronous, so that nothing (a cancellation) can stop it half
         way."""
-        file, self._file = self._file, None
+        file, self._file, self._writer = self._file, None, None
         if file is not None:
             with contextlib.suppress(OSError):  # what is left to flush may not fit either
                 file.close()
