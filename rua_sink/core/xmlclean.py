@@ -6,7 +6,13 @@ marked ``repaired`` with the list (SPEC.md I.64):
 - ``unescaped_ampersand``: ``&`` that does not start one of the five predefined
   entities or a character reference becomes ``&amp;`` (``AT&T``). Named entities other
   than the predefined five would need a DTD, which is refused, so they are text too.
-- ``unescaped_lt``: ``<`` not followed by a name, ``/``, ``?`` or ``!`` becomes ``&lt;``.
+- ``unescaped_lt``: ``<`` becomes ``&lt;`` where it cannot start markup: not followed by a
+  name, ``/``, ``?`` or ``!`` (``a < b``), or followed by a name that is followed by
+  anything but white space, ``>`` or ``/>`` (``<noreply@example.net>``,
+  ``bad<example.net</header_from>``), which XML 1.0 3.1 never allows in a tag. The second
+  test costs about three times the first, so it runs on a document's first MiB only
+  (``NAME_CHECK_BYTES``: the metadata, with its contact fields, and the records of any
+  small report); a name of more than 256 characters is left to the parser.
 - ``invalid_utf8``: bytes that are not UTF-8 in a document that is (declared, or by
   default) are replaced with U+FFFD.
 - ``control_characters``: characters XML 1.0 2.2 forbids are removed.
@@ -24,10 +30,33 @@ import re
 from .errors import ForbiddenXml
 
 _AMP = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos|#[0-9]{1,7}|#x[0-9A-Fa-f]{1,6});)")
-_LT = re.compile(rb"<(?![A-Za-z_:/?!\x80-\xff])")
+# XML 1.0 2.3 names, in bytes; any non-ASCII byte counts as a name character, so that a
+# name in another script is never taken for text.
+_NAME_START = rb"A-Za-z_:\x80-\xff"
+_NAME_CHAR = rb"\w.\-:\x80-\xff"
+_MAX_NAME = 256
+# A "<" and a name followed by a character that XML 1.0 3.1 never allows after a tag's
+# name (only white space, ">" and "/>" may follow it): text, not a tag.
+_NOT_A_TAG = (
+    rb"["
+    + _NAME_START
+    + rb"]["
+    + _NAME_CHAR
+    + rb"]{0,%d}+(?:[^" % (_MAX_NAME - 1)
+    + _NAME_CHAR
+    + rb"\s/>]|/[^>])"
+)
+_LT = re.compile(rb"<(?![" + _NAME_START + rb"/?!])")
+_LT_OR_NAME = re.compile(rb"<(?:(?![" + _NAME_START + rb"/?!])|(?=" + _NOT_A_TAG + rb"))")
 _CTRL_BYTES = bytes((*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)))
-# Cheap tests first: the lookahead patterns above cost ~15 ns a byte, these ~1.
-_LT_SUSPECT = re.compile(rb"<[^A-Za-z_:/?!\x80-\xff]")
+# Cheap tests first: the lookahead patterns above cost ~15 ns a byte, these ~1 and ~4.
+_LT_SUSPECT = re.compile(rb"<[^" + _NAME_START + rb"/?!]")
+_LT_OR_NAME_SUSPECT = re.compile(rb"<(?:[^" + _NAME_START + rb"/?!]|" + _NOT_A_TAG + rb")")
+#: Bytes at the start of a document in which a "<" is also checked for the name after it.
+NAME_CHECK_BYTES = 1024 * 1024
+# The end of a chunk that may still become a tag, or text by the rule above, once the
+# next chunk is read: "<", "</", a name of at most _MAX_NAME characters, a "/".
+_OPEN_AT_END = re.compile(rb"</?[" + _NAME_CHAR + rb"]{0,%d}/?" % _MAX_NAME)
 _DECL = re.compile(rb"^<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._\-]+)[\"']")
 _BOM = b"\xef\xbb\xbf"
 # "<!" starts a comment, a CDATA section, or a markup declaration (DOCTYPE, ENTITY,
@@ -45,6 +74,7 @@ class XmlCleaner:
         self._started = False
         self._check_utf8 = True
         self._carry = b""
+        self._offset = 0  # bytes passed to _clean so far
 
     @property
     def utf8(self) -> bool:
@@ -102,6 +132,9 @@ class XmlCleaner:
             at = data.rfind(mark, tail_start)
             if at >= 0:
                 cut = min(cut, at)
+        at = data.rfind(b"<", max(0, n - _MAX_NAME - 3))
+        if 0 <= at < cut and _OPEN_AT_END.fullmatch(data, at):
+            cut = at
         # Back up over an incomplete UTF-8 sequence (at most 3 continuation bytes).
         i = n - 1
         while i >= 0 and i >= n - 4 and data[i] & 0xC0 == 0x80:
@@ -113,10 +146,11 @@ class XmlCleaner:
     def _clean(self, data: bytes) -> bytes:
         if b"<!" in data and _DECLARATION.search(data):
             raise ForbiddenXml("DTDs and markup declarations are not accepted")
+        # "<" first: the "&lt;" it writes is an entity the ampersand repair leaves alone.
+        start, self._offset = self._offset, self._offset + len(data)
+        data = self._fix_lt(data, NAME_CHECK_BYTES - start)
         if b"&" in data:
             data = self._fix(_AMP, b"&amp;", data, "unescaped_ampersand")
-        if _LT_SUSPECT.search(data):
-            data = self._fix(_LT, b"&lt;", data, "unescaped_lt")
         if self._check_utf8 and not data.isascii():  # ASCII is UTF-8: the common case
             try:
                 data.decode("utf-8")
@@ -124,6 +158,32 @@ class XmlCleaner:
                 self.note("invalid_utf8")
                 data = data.decode("utf-8", "replace").encode("utf-8")
         return data
+
+    def _fix_lt(self, data: bytes, checked: int) -> bytes:
+        """The ``unescaped_lt`` repair, with the name test for a "<" in ``data[:checked]``.
+
+        The bytes after each "<" are read whole (``_safe_cut`` keeps a name that the
+        chunk ends in for the next one), so the result does not depend on the chunks."""
+        if checked <= 0:  # the common case: past the document's first MiB
+            if _LT_SUSPECT.search(data):
+                data = self._fix(_LT, b"&lt;", data, "unescaped_lt")
+            return data
+        if checked >= len(data):
+            if _LT_OR_NAME_SUSPECT.search(data):
+                data = self._fix(_LT_OR_NAME, b"&lt;", data, "unescaped_lt")
+            return data
+        # The chunk that crosses the limit: the name test for each "<" before it.
+        out: list[bytes] = []
+        last = 0
+        for m in _LT_OR_NAME.finditer(data):
+            if m.start() >= checked:
+                break
+            out += (data[last : m.start()], b"&lt;")
+            last = m.end()
+        if out:
+            self.note("unescaped_lt")
+        out += (data[last:checked], self._fix_lt(data[checked:], 0))
+        return b"".join(out)
 
     def _fix(self, pattern: re.Pattern[bytes], repl: bytes, data: bytes, repair: str) -> bytes:
         fixed, n = pattern.subn(repl, data)
