@@ -25,6 +25,7 @@ this is the first of two locks.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from .errors import ForbiddenXml
@@ -69,8 +70,9 @@ _CARRY = 12
 class XmlCleaner:
     """Feed chunks in order; ``repairs`` lists what was changed, first occurrence each."""
 
-    def __init__(self) -> None:
+    def __init__(self, name_check_bytes: int = NAME_CHECK_BYTES) -> None:
         self.repairs: list[str] = []
+        self._name_check_bytes = name_check_bytes
         self._started = False
         self._check_utf8 = True
         self._carry = b""
@@ -98,7 +100,7 @@ class XmlCleaner:
             data = self._start(data)
         cut = self._safe_cut(data)
         self._carry = data[cut:]
-        return self._clean(data[:cut])
+        return self._clean(data, cut)
 
     def _drop_controls(self, chunk: bytes) -> bytes:
         kept = chunk.translate(None, _CTRL_BYTES)  # 4x faster than a regex search
@@ -110,7 +112,7 @@ class XmlCleaner:
         data, self._carry = self._carry, b""
         if not self._started:
             data = self._start(data)
-        return self._clean(data)
+        return self._clean(data, len(data))
 
     def _start(self, data: bytes) -> bytes:
         self._started = True
@@ -143,12 +145,15 @@ class XmlCleaner:
             cut = min(cut, i)
         return cut  # "<!DOCTYPE" is shorter than _CARRY, so it is never split either
 
-    def _clean(self, data: bytes) -> bytes:
+    def _clean(self, ahead: bytes, end: int) -> bytes:
+        """``ahead[:end]`` cleaned; the bytes after it (the start of the carry) are only
+        looked at: the name test may need the character after a name."""
+        data = ahead[:end] if end < len(ahead) else ahead
         if b"<!" in data and _DECLARATION.search(data):
             raise ForbiddenXml("DTDs and markup declarations are not accepted")
         # "<" first: the "&lt;" it writes is an entity the ampersand repair leaves alone.
         start, self._offset = self._offset, self._offset + len(data)
-        data = self._fix_lt(data, NAME_CHECK_BYTES - start)
+        data = self._fix_lt(data, self._name_check_bytes - start, ahead)
         if b"&" in data:
             data = self._fix(_AMP, b"&amp;", data, "unescaped_ampersand")
         if self._check_utf8 and not data.isascii():  # ASCII is UTF-8: the common case
@@ -159,30 +164,35 @@ class XmlCleaner:
                 data = data.decode("utf-8", "replace").encode("utf-8")
         return data
 
-    def _fix_lt(self, data: bytes, checked: int) -> bytes:
-        """The ``unescaped_lt`` repair, with the name test for a "<" in ``data[:checked]``.
+    def _fix_lt(self, data: bytes, checked: int, ahead: bytes) -> bytes:
+        """The ``unescaped_lt`` repair of ``data``, with the name test for each "<" in its
+        first ``checked`` bytes; ``ahead`` is ``data`` and the bytes that follow it.
 
-        The bytes after each "<" are read whole (``_safe_cut`` keeps a name that the
-        chunk ends in for the next one), so the result does not depend on the chunks."""
-        if checked <= 0:  # the common case: past the document's first MiB
-            if _LT_SUSPECT.search(data):
-                data = self._fix(_LT, b"&lt;", data, "unescaped_lt")
-            return data
-        if checked >= len(data):
-            if _LT_OR_NAME_SUSPECT.search(data):
-                data = self._fix(_LT_OR_NAME, b"&lt;", data, "unescaped_lt")
-            return data
-        # The chunk that crosses the limit: the name test for each "<" before it.
+        What follows each "<" is read whole (``_safe_cut`` keeps a name that a chunk ends
+        in for the next one, and ``ahead`` has the rest), so the result does not depend
+        on where the chunks end."""
+        n = len(data)
+        limit = max(0, min(checked, n))
+        named = limit > 0 and _LT_OR_NAME_SUSPECT.search(ahead) is not None
+        if not named and (limit == n or _LT_SUSPECT.search(ahead, limit) is None):
+            return data  # the common case
         out: list[bytes] = []
         last = 0
-        for m in _LT_OR_NAME.finditer(data):
-            if m.start() >= checked:
+        # Before the limit, the "<" each pattern finds; past it, the first pattern's.
+        found = (
+            itertools.takewhile(lambda m: m.start() < limit, _LT_OR_NAME.finditer(ahead))
+            if named
+            else iter(())
+        )
+        for m in itertools.chain(found, _LT.finditer(ahead, limit)):
+            if m.start() >= n:
                 break
             out += (data[last : m.start()], b"&lt;")
             last = m.end()
-        if out:
-            self.note("unescaped_lt")
-        out += (data[last:checked], self._fix_lt(data[checked:], 0))
+        if not out:
+            return data
+        self.note("unescaped_lt")
+        out.append(data[last:])
         return b"".join(out)
 
     def _fix(self, pattern: re.Pattern[bytes], repl: bytes, data: bytes, repair: str) -> bytes:
