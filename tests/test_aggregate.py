@@ -20,6 +20,7 @@ from rua_sink.core.model import (
     Schema,
     Verdict,
 )
+from rua_sink.core.xmlclean import NAME_CHECK_BYTES
 
 from .reports import NS_9990, record_xml, report_xml
 
@@ -253,3 +254,136 @@ def test_a_record_after_the_unclosed_element_error_is_not_repaired() -> None:
     for size in (64, len(doc)):
         with pytest.raises(XmlSyntaxError):
             parse(doc, size)
+
+
+# --- a report inside an unrelated wrapper element -------------------------------------
+
+XSD_WRAPPER = b'<xs:schema xmlns:xs="http://www.w3.org/2001/XMLSchema">\n'
+
+
+def wrapped(doc: bytes, wrapper: bytes = XSD_WRAPPER, after: bytes = b"") -> bytes:
+    """``doc`` with ``wrapper`` on the line before <feedback>, left open unless ``after``
+    closes it."""
+    return doc.replace(b"<feedback", wrapper + b"<feedback", 1) + after
+
+
+def outcomes(doc: bytes) -> set[object]:
+    """What parsing ``doc`` gives, cut in two at every byte: records and repairs, or the
+    error's class. One element when no outcome depends on where the input is cut."""
+    seen: set[object] = set()
+    for cut in range(len(doc) + 1):
+        chunks = iter([doc[:cut], doc[cut:]])
+        try:
+            *events, end = parse_aggregate(chunks, PartInfo(index=1), Limits())
+        except (InvalidReport, XmlSyntaxError, TruncatedXml) as exc:
+            seen.add(type(exc))
+            continue
+        assert isinstance(end, AggregateEnd)
+        records = tuple(e.source_ip for e in events if isinstance(e, Record))
+        seen.add((records, end.repairs))
+    return seen
+
+
+IPS = ("192.0.2.1", "192.0.2.2", "192.0.2.3")
+THREE = report_xml(body="".join(record_xml(ip) for ip in IPS))
+
+
+@pytest.mark.parametrize(
+    ("wrapper", "after"),
+    [
+        (XSD_WRAPPER, b""),  # opened before <feedback>, never closed
+        (XSD_WRAPPER, b"</xs:schema>\n"),
+        (b"<xs:schema>", b""),  # its prefix undeclared as well
+        (b"<outer><inner>\n", b"</inner>"),  # two of them, one closed
+    ],
+)
+def test_report_inside_a_wrapper_element(wrapper: bytes, after: bytes) -> None:
+    doc = wrapped(THREE, wrapper, after)
+    head, records, end = parse(doc)
+    assert head.metadata.report_id == "r-1" and head.policy.domain == "example.com"
+    assert [r.source_ip for r in records] == list(IPS)
+    assert end.repairs[0] == "wrapper_element"
+    assert set(end.repairs) <= {"wrapper_element", "undeclared_namespace_prefix"}
+    assert outcomes(doc) == {(IPS, end.repairs)}
+
+
+def test_content_after_the_wrapped_report_is_noted() -> None:
+    for after in (b"junk\n", b"</xs:schema><junk/>\n", b"<record/>\n"):
+        assert outcomes(wrapped(THREE, after=after)) == {
+            (IPS, ("wrapper_element", "trailing_content"))
+        }
+
+
+def test_a_wrapper_without_feedback_is_not_a_report() -> None:
+    # The same records and metadata, with no <feedback> around them.
+    bare = THREE.replace(b"<feedback>", b"").replace(b"</feedback>", b"")
+    no_feedback = XSD_WRAPPER + bare.split(b"?>", 1)[1] + b"</xs:schema>"
+    # <feedback> only after the report's first element: the wrapper holds the report.
+    late = THREE.replace(b"<feedback>", XSD_WRAPPER + b"<version>1.0</version><feedback>")
+    for doc in (no_feedback, late):
+        assert outcomes(doc) == {InvalidReport}
+        with pytest.raises(InvalidReport, match="root element is <schema>"):
+            parse(doc)
+    # An empty <feedback> before the report's elements: a report without its metadata.
+    with pytest.raises(InvalidReport, match="report_metadata is missing"):
+        parse(wrapped(bare.replace(b"<version>", b"<feedback/><version>")))
+
+
+def test_a_truncated_wrapped_report_is_an_error() -> None:
+    doc = wrapped(THREE)
+    for keep in (len(doc) // 2, len(doc) - 4):
+        with pytest.raises(TruncatedXml):
+            parse(doc[:keep])
+
+
+# --- "<" in text before a name that cannot be a tag ------------------------------------
+
+
+def test_unescaped_lt_before_a_name_in_metadata_and_records() -> None:
+    doc = report_xml(
+        body=record_xml().replace("example.com</header_from>", "bad<example.net</header_from>")
+    )
+    doc = doc.replace(b"<email>d@reporter.example</email>", b"<email><noreply@example.net></email>")
+    head, records, end = parse(doc)
+    assert head.metadata.email == "<noreply@example.net>"  # as written
+    assert records[0].header_from == "bad<example.net"
+    assert end.repairs == ("unescaped_lt",)
+    assert outcomes(doc) == {(("192.0.2.1",), ("unescaped_lt",))}
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        b"<email><noreply></email>",  # a well-formed tag that never ends: mismatched
+        b"<email>d@example.net</emial>",
+        b"<email><noreply@example.net></mail>",
+    ],
+)
+def test_broken_structure_beside_an_unescaped_lt_is_still_an_error(broken: bytes) -> None:
+    doc = report_xml(2).replace(b"<email>d@reporter.example</email>", broken)
+    assert outcomes(doc) == {XmlSyntaxError}
+
+
+def test_truncated_document_with_an_unescaped_lt_is_an_error() -> None:
+    doc = report_xml(2).replace(
+        b"<email>d@reporter.example</email>", b"<email><noreply@example.net></email>"
+    )
+    end = doc.index(b"</email>")
+    for keep in (end - 5, end, end + 40, len(doc) - 30):
+        with pytest.raises(TruncatedXml):
+            parse(doc[:keep])
+
+
+def test_names_are_checked_in_a_documents_first_mib_only() -> None:
+    # Past NAME_CHECK_BYTES only the cheap test runs (see xmlclean): the same fault is
+    # an error there, however the document is cut.
+    many = "".join(record_xml(f"192.0.2.{i % 250}") for i in range(NAME_CHECK_BYTES // 300))
+    bad = record_xml().replace("example.com</header_from>", "bad<example.net</header_from>")
+    doc = report_xml(body=many + bad)
+    assert len(doc) > NAME_CHECK_BYTES + 1000
+    for size in (4096, 65536, len(doc)):
+        with pytest.raises(XmlSyntaxError):
+            parse(doc, size)
+    early = report_xml(body=bad + many)
+    _, records, end = parse(early, 65536)
+    assert records[0].header_from == "bad<example.net" and end.repairs == ("unescaped_lt",)

@@ -10,8 +10,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rua_sink.core.errors import NotAReport, TransferEncodingError
-from rua_sink.core.mime import Headers, parse_fields
-from rua_sink.core.pipeline import parse_message
+from rua_sink.core.limits import Limits
+from rua_sink.core.mime import (
+    FailedPart,
+    Headers,
+    MimeWalker,
+    SpooledPart,
+    WalkResult,
+    parse_fields,
+)
+from rua_sink.core.pipeline import default_spool, parse_message
 
 from .conftest import Collected, chunks, collect
 from .reports import TLS_JSON, gz, message, report_xml, zipped
@@ -227,6 +235,34 @@ def test_broken_base64_fails_the_part_not_the_message() -> None:
     (failed,) = got.failed
     assert isinstance(failed.error, TransferEncodingError)
     assert isinstance(failed.error.__cause__, binascii.Error)
+
+
+def _walk(pieces: list[bytes]) -> list[WalkResult]:
+    walker = MimeWalker(Limits(), default_spool)
+    out = [item for piece in pieces for item in walker.feed(piece)]
+    return out + walker.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("report_first", [True, False])
+def test_discarded_base64_part_cut_at_any_point_fails_nothing(report_first: bool) -> None:
+    # A base64 attachment that is not a report (a logo, a signature) is dropped once its
+    # first SNIFF_BYTES are decoded. Cut the message in two at every byte, so the
+    # attachment's body crosses a chunk boundary at every possible point after that.
+    report = (gz(report_xml(2)), "application/gzip", "r!example.com!1!2.xml.gz")
+    blob = bytes(range(256)) * 19  # 4,864 bytes, more than SNIFF_BYTES
+    other = (blob, "application/octet-stream", "logo.bin")
+    data = message(*((report, other) if report_first else (other, report)))
+    for cut in range(len(data) + 1):
+        out = _walk([data[:cut], data[cut:]])
+        failed = [item for item in out if isinstance(item, FailedPart)]
+        assert failed == [], f"cut at {cut}: {failed}"
+        spooled = [item for item in out if isinstance(item, SpooledPart)]
+        assert [p.info.filename for p in spooled] == ["r!example.com!1!2.xml.gz"], cut
+        content = spooled[0].file.read()
+        for part in spooled:
+            part.file.close()
+        assert content == report[0], cut
 
 
 def test_missing_final_base64_padding_is_tolerated() -> None:

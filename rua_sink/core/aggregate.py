@@ -559,6 +559,7 @@ def parse_aggregate(
     final = False
     last_piece, last_lines = b"", 0  # the bytes fed last, and the lines before them
     ended = False
+    tail = _WrapperTail()
     splitter = None
     if fanout is not None:
         from .fanout import Splitter  # noqa: PLC0415 - it imports this module
@@ -574,10 +575,13 @@ def parse_aggregate(
                 document_bytes += len(chunk)
                 data = cleaner.feed(chunk)
             if root_closed:
-                if data.strip():
+                if root.getparent() is not None:
+                    tail.add(data, cleaner)
+                elif data.strip():
                     cleaner.note("trailing_content")
                 if final:
-                    _close_after_root(parser, cleaner)
+                    _close_after_root(parser, cleaner, root)
+                    tail.close(cleaner)
                 continue
             pieces: Iterator[bytes | RecordBatch]
             if splitter is None:
@@ -587,6 +591,9 @@ def parse_aggregate(
                     splitter.stop()  # segments are cut as bytes: UTF-8 documents only
                 pieces = splitter.pieces(data, final)
             for piece in pieces:
+                if root_closed:  # inside a wrapper: the parser is fed nothing more
+                    tail.add(piece if isinstance(piece, bytes) else b"", cleaner)
+                    continue
                 if type(piece) is RecordBatch:
                     doc.add_batch(piece)
                     yield piece
@@ -604,13 +611,16 @@ def parse_aggregate(
                     for _event, el in parser.read_events():
                         at_record_end = False
                         if root is None:
-                            root = _check_root(el.getroottree().getroot(), doc)
+                            root = _find_root(el, doc, cleaner)
                             if splitter is not None:
                                 splitter.start(root)
-                        parent = el.getparent()
-                        if parent is None:
+                        elif root_closed:  # inside a wrapper, after </feedback>
+                            cleaner.note("trailing_content")
+                            continue
+                        if el is root:
                             root_closed = True
                             continue
+                        parent = el.getparent()
                         if parent is not root and (
                             parent.getparent() is not root or local_name(parent.tag) in KNOWN
                         ):
@@ -628,8 +638,13 @@ def parse_aggregate(
                             parent.remove(prev)
                         parent.remove(el)
                         handled = True
-                    if error is not None:
+                    if error is not None or root_closed:
                         break
+                if root_closed and root.getparent() is not None:
+                    # The report ended inside a wrapper: what follows its end tag is
+                    # judged as text, whatever the parser made of it.
+                    tail.add(_after_root_end(piece, at + FEED_BYTES), cleaner)
+                    error = None
                 if error is not None:
                     rest = itertools.chain((p for p in pieces if isinstance(p, bytes)), stream)
                     if _ends_document(error, doc, cleaner, piece, rest, lines_before, root_closed):
@@ -648,7 +663,8 @@ def parse_aggregate(
                 break  # the error ended the document: nothing more is read
             if root_closed:
                 if final:
-                    _close_after_root(parser, cleaner)
+                    _close_after_root(parser, cleaner, root)
+                    tail.close(cleaner)
                 continue
             if final:
                 try:
@@ -697,6 +713,68 @@ def _check_root(root: Any, doc: _Document) -> Any:
     return root
 
 
+def _find_root(el: Any, doc: _Document, cleaner: XmlCleaner) -> Any:
+    """The <feedback> element, from the first element the parser reports.
+
+    It is the document's root, or (``wrapper_element``) the outermost <feedback> among
+    the ancestors of that first element, inside elements of other names that a reporter
+    put around the report (an ``<xs:schema>`` opened before <feedback> and never
+    closed): nothing of the report comes before it, so nothing is lost. Without a
+    <feedback> around the first report element, the document is not a report."""
+    top = el.getroottree().getroot()
+    if local_name(top.tag) == "feedback":
+        return _check_root(top, doc)
+    feedback = None
+    node = el
+    while node is not None:
+        if local_name(node.tag) == "feedback":
+            feedback = node
+        node = node.getparent()
+    if feedback is None:
+        return _check_root(top, doc)  # raises: not a report
+    cleaner.note("wrapper_element")
+    tag = feedback.tag
+    doc.root_ns = tag[1:].partition("}")[0] if tag[:1] == "{" else None
+    return feedback
+
+
+class _WrapperTail:
+    """What follows </feedback> inside a wrapper: nothing is lost when it is only
+    white space and end tags (the wrappers', closed or not), else ``trailing_content``.
+    Kept whole up to a small size, so that where the chunks end does not matter."""
+
+    _MAX = 1024
+    _END_TAGS = re.compile(rb"(?:\s*</[^<>]*>)*\s*")
+
+    def __init__(self) -> None:
+        self.text = b""
+        self.over = False
+
+    def add(self, data: bytes, cleaner: XmlCleaner) -> None:
+        if self.over or not data:
+            return
+        self.text += data
+        if len(self.text) > self._MAX:
+            self.over = True
+            self.text = b""
+            cleaner.note("trailing_content")
+
+    def close(self, cleaner: XmlCleaner) -> None:
+        if self.text and not self._END_TAGS.fullmatch(self.text):
+            cleaner.note("trailing_content")
+        self.text = b""
+
+
+_ROOT_END = re.compile(rb"</(?:[A-Za-z_][\w.\-]*:)?feedback\s*>")
+
+
+def _after_root_end(piece: bytes, fed: int) -> bytes:
+    """The bytes of ``piece`` after the end tag of <feedback>, which ends in its first
+    ``fed`` bytes (the ones the parser was given)."""
+    m = _ROOT_END.search(piece, 0, fed)
+    return piece[m.end() :] if m else piece[fed:]
+
+
 def _check_depth(el: Any, depth: int, maximum: int) -> None:
     """Nesting of a subtree kept raw (extensions, unknown elements)."""
     if depth + sum(1 for _ in el.iter()) <= maximum:
@@ -709,11 +787,17 @@ def _check_depth(el: Any, depth: int, maximum: int) -> None:
         stack.extend((child, d + 1) for child in node)
 
 
-def _close_after_root(parser: Any, cleaner: XmlCleaner) -> None:
+def _close_after_root(parser: Any, cleaner: XmlCleaner, root: Any) -> None:
     try:
         parser.close()
     except etree.XMLSyntaxError as exc:
-        if not _undeclared_prefix_only(exc, cleaner):
+        if root.getparent() is not None:
+            # Wrapped: the parser was fed nothing after </feedback>, so the wrappers are
+            # open (and what followed is judged by _WrapperTail); prefixes still count.
+            errors = cast("Iterable[Any]", exc.error_log)
+            if any(e.domain == _NS_DOMAIN for e in errors):
+                cleaner.note("undeclared_namespace_prefix")
+        elif not _undeclared_prefix_only(exc, cleaner):
             cleaner.note("trailing_content")
 
 

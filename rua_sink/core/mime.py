@@ -679,7 +679,9 @@ class MimeWalker:
         leaf, self._leaf = self._leaf, None
         if leaf is None:
             return
-        if leaf.error is None:
+        # A discarded leaf's decoder stopped at the chunk where the part was judged not
+        # report-like: what it still holds is an arbitrary cut of the body, not its end.
+        if leaf.error is None and leaf.mode is not _Sink.DISCARD:
             try:
                 self._route(leaf, leaf.decoder.flush())
             except TransferEncodingError as exc:

@@ -6,7 +6,13 @@ marked ``repaired`` with the list (SPEC.md I.64):
 - ``unescaped_ampersand``: ``&`` that does not start one of the five predefined
   entities or a character reference becomes ``&amp;`` (``AT&T``). Named entities other
   than the predefined five would need a DTD, which is refused, so they are text too.
-- ``unescaped_lt``: ``<`` not followed by a name, ``/``, ``?`` or ``!`` becomes ``&lt;``.
+- ``unescaped_lt``: ``<`` becomes ``&lt;`` where it cannot start markup: not followed by a
+  name, ``/``, ``?`` or ``!`` (``a < b``), or followed by a name that is followed by
+  anything but white space, ``>`` or ``/>`` (``<noreply@example.net>``,
+  ``bad<example.net</header_from>``), which XML 1.0 3.1 never allows in a tag. The second
+  test costs about three times the first, so it runs on a document's first MiB only
+  (``NAME_CHECK_BYTES``: the metadata, with its contact fields, and the records of any
+  small report); a name of more than 256 characters is left to the parser.
 - ``invalid_utf8``: bytes that are not UTF-8 in a document that is (declared, or by
   default) are replaced with U+FFFD.
 - ``control_characters``: characters XML 1.0 2.2 forbids are removed.
@@ -19,15 +25,39 @@ this is the first of two locks.
 
 from __future__ import annotations
 
+import itertools
 import re
 
 from .errors import ForbiddenXml
 
 _AMP = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos|#[0-9]{1,7}|#x[0-9A-Fa-f]{1,6});)")
-_LT = re.compile(rb"<(?![A-Za-z_:/?!\x80-\xff])")
+# XML 1.0 2.3 names, in bytes; any non-ASCII byte counts as a name character, so that a
+# name in another script is never taken for text.
+_NAME_START = rb"A-Za-z_:\x80-\xff"
+_NAME_CHAR = rb"\w.\-:\x80-\xff"
+_MAX_NAME = 256
+# A "<" and a name followed by a character that XML 1.0 3.1 never allows after a tag's
+# name (only white space, ">" and "/>" may follow it): text, not a tag.
+_NOT_A_TAG = (
+    rb"["
+    + _NAME_START
+    + rb"]["
+    + _NAME_CHAR
+    + rb"]{0,%d}+(?:[^" % (_MAX_NAME - 1)
+    + _NAME_CHAR
+    + rb"\s/>]|/[^>])"
+)
+_LT = re.compile(rb"<(?![" + _NAME_START + rb"/?!])")
+_LT_OR_NAME = re.compile(rb"<(?:(?![" + _NAME_START + rb"/?!])|(?=" + _NOT_A_TAG + rb"))")
 _CTRL_BYTES = bytes((*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20)))
-# Cheap tests first: the lookahead patterns above cost ~15 ns a byte, these ~1.
-_LT_SUSPECT = re.compile(rb"<[^A-Za-z_:/?!\x80-\xff]")
+# Cheap tests first: the lookahead patterns above cost ~15 ns a byte, these ~1 and ~4.
+_LT_SUSPECT = re.compile(rb"<[^" + _NAME_START + rb"/?!]")
+_LT_OR_NAME_SUSPECT = re.compile(rb"<(?:[^" + _NAME_START + rb"/?!]|" + _NOT_A_TAG + rb")")
+#: Bytes at the start of a document in which a "<" is also checked for the name after it.
+NAME_CHECK_BYTES = 1024 * 1024
+# The end of a chunk that may still become a tag, or text by the rule above, once the
+# next chunk is read: "<", "</", a name of at most _MAX_NAME characters, a "/".
+_OPEN_AT_END = re.compile(rb"</?[" + _NAME_CHAR + rb"]{0,%d}/?" % _MAX_NAME)
 _DECL = re.compile(rb"^<\?xml[^>]*?encoding\s*=\s*[\"']([A-Za-z0-9._\-]+)[\"']")
 _BOM = b"\xef\xbb\xbf"
 # "<!" starts a comment, a CDATA section, or a markup declaration (DOCTYPE, ENTITY,
@@ -40,11 +70,13 @@ _CARRY = 12
 class XmlCleaner:
     """Feed chunks in order; ``repairs`` lists what was changed, first occurrence each."""
 
-    def __init__(self) -> None:
+    def __init__(self, name_check_bytes: int = NAME_CHECK_BYTES) -> None:
         self.repairs: list[str] = []
+        self._name_check_bytes = name_check_bytes
         self._started = False
         self._check_utf8 = True
         self._carry = b""
+        self._offset = 0  # bytes passed to _clean so far
 
     @property
     def utf8(self) -> bool:
@@ -68,7 +100,7 @@ class XmlCleaner:
             data = self._start(data)
         cut = self._safe_cut(data)
         self._carry = data[cut:]
-        return self._clean(data[:cut])
+        return self._clean(data, cut)
 
     def _drop_controls(self, chunk: bytes) -> bytes:
         kept = chunk.translate(None, _CTRL_BYTES)  # 4x faster than a regex search
@@ -80,7 +112,7 @@ class XmlCleaner:
         data, self._carry = self._carry, b""
         if not self._started:
             data = self._start(data)
-        return self._clean(data)
+        return self._clean(data, len(data))
 
     def _start(self, data: bytes) -> bytes:
         self._started = True
@@ -102,6 +134,9 @@ class XmlCleaner:
             at = data.rfind(mark, tail_start)
             if at >= 0:
                 cut = min(cut, at)
+        at = data.rfind(b"<", max(0, n - _MAX_NAME - 3))
+        if 0 <= at < cut and _OPEN_AT_END.fullmatch(data, at):
+            cut = at
         # Back up over an incomplete UTF-8 sequence (at most 3 continuation bytes).
         i = n - 1
         while i >= 0 and i >= n - 4 and data[i] & 0xC0 == 0x80:
@@ -110,13 +145,17 @@ class XmlCleaner:
             cut = min(cut, i)
         return cut  # "<!DOCTYPE" is shorter than _CARRY, so it is never split either
 
-    def _clean(self, data: bytes) -> bytes:
+    def _clean(self, ahead: bytes, end: int) -> bytes:
+        """``ahead[:end]`` cleaned; the bytes after it (the start of the carry) are only
+        looked at: the name test may need the character after a name."""
+        data = ahead[:end] if end < len(ahead) else ahead
         if b"<!" in data and _DECLARATION.search(data):
             raise ForbiddenXml("DTDs and markup declarations are not accepted")
+        # "<" first: the "&lt;" it writes is an entity the ampersand repair leaves alone.
+        start, self._offset = self._offset, self._offset + len(data)
+        data = self._fix_lt(data, self._name_check_bytes - start, ahead)
         if b"&" in data:
             data = self._fix(_AMP, b"&amp;", data, "unescaped_ampersand")
-        if _LT_SUSPECT.search(data):
-            data = self._fix(_LT, b"&lt;", data, "unescaped_lt")
         if self._check_utf8 and not data.isascii():  # ASCII is UTF-8: the common case
             try:
                 data.decode("utf-8")
@@ -124,6 +163,37 @@ class XmlCleaner:
                 self.note("invalid_utf8")
                 data = data.decode("utf-8", "replace").encode("utf-8")
         return data
+
+    def _fix_lt(self, data: bytes, checked: int, ahead: bytes) -> bytes:
+        """The ``unescaped_lt`` repair of ``data``, with the name test for each "<" in its
+        first ``checked`` bytes; ``ahead`` is ``data`` and the bytes that follow it.
+
+        What follows each "<" is read whole (``_safe_cut`` keeps a name that a chunk ends
+        in for the next one, and ``ahead`` has the rest), so the result does not depend
+        on where the chunks end."""
+        n = len(data)
+        limit = max(0, min(checked, n))
+        named = limit > 0 and _LT_OR_NAME_SUSPECT.search(ahead) is not None
+        if not named and (limit == n or _LT_SUSPECT.search(ahead, limit) is None):
+            return data  # the common case
+        out: list[bytes] = []
+        last = 0
+        # Before the limit, the "<" each pattern finds; past it, the first pattern's.
+        found = (
+            itertools.takewhile(lambda m: m.start() < limit, _LT_OR_NAME.finditer(ahead))
+            if named
+            else iter(())
+        )
+        for m in itertools.chain(found, _LT.finditer(ahead, limit)):
+            if m.start() >= n:
+                break
+            out += (data[last : m.start()], b"&lt;")
+            last = m.end()
+        if not out:
+            return data
+        self.note("unescaped_lt")
+        out.append(data[last:])
+        return b"".join(out)
 
     def _fix(self, pattern: re.Pattern[bytes], repl: bytes, data: bytes, repair: str) -> bytes:
         fixed, n = pattern.subn(repl, data)
