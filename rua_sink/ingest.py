@@ -122,26 +122,35 @@ async def events_in_thread(
     At most ``depth`` batches wait in the queue: the thread blocks when the consumer
     (the database) is slower, so memory stays bounded. An exception in the thread is
     raised here, in the consumer.
+
+    However the consumer leaves (the end, an exception, ``aclose``), the thread is
+    stopped and joined before this generator returns: the generator reads the message's
+    file, and whoever reads that file next (the next attempt of the same message) must
+    find it to itself, at the position it seeks to.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
     stop = threading.Event()
+    ended = asyncio.Event()
 
     def put(item: object) -> bool:
+        if stop.is_set():
+            return False
         fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
         while True:
             try:
                 fut.result(timeout=0.2)
-                return True
+                return not stop.is_set()
             except concurrent.futures.TimeoutError:
                 if stop.is_set():
                     fut.cancel()
                     return False
 
     def run() -> None:
+        events = produce()
         try:
             pending: list[Event] = []
-            for ev in produce():
+            for ev in events:
                 pending.append(ev)
                 # A batch of records parsed by a worker is worth a list of its own.
                 if len(pending) >= batch or type(ev) is RecordBatch:
@@ -155,6 +164,14 @@ async def events_in_thread(
             put(_END)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             put(_Raised(exc))
+        finally:
+            # Here, in this thread: the generator's own clean-up (spooled parts, segments
+            # handed to parse workers) is done before the thread ends.
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(ended.set)
 
     thread = threading.Thread(target=run, name="rua-sink-parse", daemon=True)
     thread.start()
@@ -168,8 +185,19 @@ async def events_in_thread(
             yield item
     finally:
         stop.set()
-        while not queue.empty():
-            queue.get_nowait()
+        # Emptying the queue lets a put the thread waits on complete; the thread then
+        # sees ``stop`` and ends, within one batch of events.
+        while not ended.is_set():
+            _drain(queue)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), 0.05)
+        _drain(queue)
+        thread.join()  # it has left ``run``: at once
+
+
+def _drain(queue: asyncio.Queue[Any]) -> None:
+    while not queue.empty():
+        queue.get_nowait()
 
 
 #: A message's events up to this many are read ahead of its transaction, to see whether
