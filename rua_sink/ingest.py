@@ -384,6 +384,8 @@ class Ingester:
                 unpack_archived(content, spool)
                 spool.seek(0)
                 async with self.store.pool.acquire() as conn, conn.transaction():
+                    # One reading at a time: a copy arriving now waits for this one.
+                    await self.store.lock_raw(conn, raw_id)
                     await self.store.clear_reports(conn, raw_id)
                     return await self._process(
                         conn,

@@ -449,6 +449,11 @@ class Store:
         return Archived(row["id"], row["status"], row["reason"], row["older"])
 
     @staticmethod
+    async def lock_raw(conn: Conn, raw_id: int) -> None:
+        """Lock a raw message's row until the transaction ends."""
+        await conn.execute("SELECT 1 FROM raw_messages WHERE id = $1 FOR UPDATE", raw_id)
+
+    @staticmethod
     async def set_auth(conn: Conn, raw_id: int, auth: MailAuth) -> None:
         """The verdicts of a new copy's authentication, which its reports now carry."""
         await conn.execute(
