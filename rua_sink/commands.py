@@ -21,10 +21,12 @@ from typing import Any, TextIO
 import asyncpg
 
 from . import backfill, config, migrate
+from .core.errors import Reason
 from .core.limits import Limits
 from .core.mime import header_text, leading_header_block, parse_fields
 from .database import DatabaseError, embedded, ensure_database, resolve_url
 from .ingest import Ingester, IngestResult, Outcome
+from .mailauth import AuthPolicy
 from .parsepool import ParsePool
 from .store import Envelope, Store, unpack_archived
 
@@ -79,6 +81,8 @@ class Summary:
     messages_duplicate: int = 0
     quarantined: int = 0
     not_a_report: int = 0
+    #: messages read again (``reprocess``, or stored before by an older parser version)
+    reprocessed: int = 0
     records: int = 0
     quarantine: list[dict[str, Any]] = field(default_factory=list)
 
@@ -87,6 +91,7 @@ class Summary:
         self.reports_new += result.reports_new
         self.reports_duplicate += result.reports_duplicate
         self.records += result.records
+        self.reprocessed += result.reprocessed
         if result.outcome is Outcome.DUPLICATE and result.raw_message_id is None:
             self.messages_duplicate += 1
         elif result.outcome is Outcome.QUARANTINED:
@@ -104,7 +109,8 @@ class Summary:
         return (
             f"{self.messages} messages: {self.reports_new} reports new, "
             f"{self.reports_duplicate} duplicate, {self.quarantined} quarantined, "
-            f"{self.not_a_report} not reports; {self.records} records"
+            f"{self.not_a_report} not reports, {self.reprocessed} reprocessed; "
+            f"{self.records} records"
         )
 
 
@@ -158,17 +164,35 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_reprocess(args: argparse.Namespace, out: TextIO) -> int:
     summary = Summary()
+    setting = config.SETTINGS["require_authenticated"]
+    try:
+        policy = AuthPolicy(setting.read())
+    except ValueError:
+        print(f"rua-sink: {setting.env}: off, flag or reject", file=sys.stderr)
+        return 2
+    # Under off, a TLS report needs no signature: those kept for the lack of one are due.
+    reasons = [str(Reason.UNSIGNED_REPORT)] if policy is AuthPolicy.OFF else []
+    missing: list[int] = []
 
     async def run() -> None:
         async with open_store() as store, parse_pool() as workers:
             ingester = Ingester(store, limits=args.limits, fanout=workers.fanout)
-            ids = args.ids or await store.raw_messages(quarantined_only=not args.all)
+            ids = args.ids or await store.raw_messages(
+                every=args.all, any_version=args.any_version, reasons=reasons
+            )
             for raw_id in ids:
-                summary.add(f"raw_message {raw_id}", await ingester.reprocess(raw_id))
+                try:
+                    result = await ingester.reprocess(raw_id, auth_policy=policy)
+                except KeyError:
+                    missing.append(raw_id)
+                    continue
+                summary.add(f"raw_message {raw_id}", result)
 
     asyncio.run(run())
     summary.write(out, as_json=args.json)
-    return 0
+    for raw_id in missing:
+        print(f"rua-sink: no raw message {raw_id}", file=sys.stderr)
+    return 1 if missing else 0
 
 
 _STATUSES = ("quarantined", "not_a_report", "stored")
@@ -466,10 +490,20 @@ def add_commands(sub: Any, limits_parent: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
         "reprocess",
         parents=[limits_parent],
-        help="parse stored raw messages again (quarantined ones by default)",
+        help="parse stored raw messages again (by default those an older parser version "
+        "did not store as reports)",
+        description="Parse archived messages again with the current code, replacing what "
+        "they produced. By default: the messages kept as not_a_report or quarantined by an "
+        "older parser version (and, under RUA_SINK_REQUIRE_AUTHENTICATED=off, those kept as "
+        "unsigned_report). The current authentication policy judges their stored verdicts.",
     )
     p.add_argument("ids", nargs="*", type=int, metavar="RAW_MESSAGE_ID")
-    p.add_argument("--all", action="store_true", help="every raw message, not only quarantined")
+    p.add_argument(
+        "--any-version",
+        action="store_true",
+        help="every message not stored as reports, whatever parser version read it",
+    )
+    p.add_argument("--all", action="store_true", help="every raw message, stored ones too")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_reprocess)
 

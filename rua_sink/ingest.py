@@ -7,7 +7,8 @@ memory holds a few batches at most. Records are bulk-loaded with COPY.
 Outcomes (SPEC.md, decisions): a report-like part that fails to unpack or parse
 quarantines the message (raw bytes kept with the reason, re-parseable later); a report
 already stored is a duplicate and is kept once; a message with nothing report-like is
-``not_a_report``.
+``not_a_report``. A message whose bytes are stored already is a duplicate too, unless an
+older parser version (``core.version``) did not store it as reports: it is read again.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from .core.model import (
     TlsReport,
 )
 from .core.pipeline import parse_stream
-from .mailauth import MAX_HEADER_BYTES, AuthUnavailable, MailAuth
+from .mailauth import MAX_HEADER_BYTES, AuthPolicy, AuthUnavailable, MailAuth
 from .store import (
     Conn,
     Envelope,
@@ -97,6 +98,12 @@ class IngestResult:
     tls_sessions: Counter[tuple[str | None, str]] = field(default_factory=Counter)
     #: Stored in one statement, as one whole aggregate report (``Ingester.ingest``)
     one_statement: bool = False
+    #: Read again: a message stored before, not as reports, by an older parser version
+    #: (``rua-sink reprocess``, or the same bytes arriving again)
+    reprocessed: bool = False
+    #: For a message whose very bytes were stored before: what became of them
+    #: (``stored``, ``quarantined``, ``not_a_report``)
+    archived_status: str | None = None
 
 
 #: Called with each report's type and policy domains before it is stored; returns the
@@ -123,26 +130,35 @@ async def events_in_thread(
     At most ``depth`` batches wait in the queue: the thread blocks when the consumer
     (the database) is slower, so memory stays bounded. An exception in the thread is
     raised here, in the consumer.
+
+    However the consumer leaves (the end, an exception, ``aclose``), the thread is
+    stopped and joined before this generator returns: the generator reads the message's
+    file, and whoever reads that file next (the next attempt of the same message) must
+    find it to itself, at the position it seeks to.
     """
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=depth)
     stop = threading.Event()
+    ended = asyncio.Event()
 
     def put(item: object) -> bool:
+        if stop.is_set():
+            return False
         fut = asyncio.run_coroutine_threadsafe(queue.put(item), loop)
         while True:
             try:
                 fut.result(timeout=0.2)
-                return True
+                return not stop.is_set()
             except concurrent.futures.TimeoutError:
                 if stop.is_set():
                     fut.cancel()
                     return False
 
     def run() -> None:
+        events = produce()
         try:
             pending: list[Event] = []
-            for ev in produce():
+            for ev in events:
                 pending.append(ev)
                 # A batch of records parsed by a worker is worth a list of its own.
                 if len(pending) >= batch or type(ev) is RecordBatch:
@@ -156,6 +172,14 @@ async def events_in_thread(
             put(_END)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, which raises it
             put(_Raised(exc))
+        finally:
+            # Here, in this thread: the generator's own clean-up (spooled parts, segments
+            # handed to parse workers) is done before the thread ends.
+            close = getattr(events, "close", None)
+            if close is not None:
+                close()
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(ended.set)
 
     thread = threading.Thread(target=run, name="rua-sink-parse", daemon=True)
     thread.start()
@@ -169,8 +193,19 @@ async def events_in_thread(
             yield item
     finally:
         stop.set()
-        while not queue.empty():
-            queue.get_nowait()
+        # Emptying the queue lets a put the thread waits on complete; the thread then
+        # sees ``stop`` and ends, within one batch of events.
+        while not ended.is_set():
+            _drain(queue)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ended.wait(), 0.05)
+        _drain(queue)
+        thread.join()  # it has left ``run``: at once
+
+
+def _drain(queue: asyncio.Queue[Any]) -> None:
+    while not queue.empty():
+        queue.get_nowait()
 
 
 #: A message's events up to this many are read ahead of its transaction, to see whether
@@ -247,12 +282,17 @@ class Ingester:
                 try:
                     raw_id = await self.store.insert_raw(conn, raw, envelope, when)
                     if raw_id is None:
-                        result = IngestResult(Outcome.DUPLICATE, None)
+                        result = await self._again(conn, raw, file, envelope, authorize, read_ahead)
                     else:
                         result = await self._process(
                             conn, raw_id, file, envelope, authorize, inline=read_ahead
                         )
-                    if result.outcome is Outcome.NOT_A_REPORT and not keep:
+                    # A message kept before is kept, whatever this reading makes of it.
+                    if (
+                        result.outcome is Outcome.NOT_A_REPORT
+                        and not keep
+                        and not result.reprocessed
+                    ):
                         raise _Discard(result)
                 except BaseException:
                     await transaction.rollback()
@@ -266,6 +306,31 @@ class Ingester:
             return await self._creating_partitions(attempt)
         except _Discard as discard:
             return discard.result
+
+    async def _again(
+        self,
+        conn: Conn,
+        raw: RawMessage,
+        file: IO[bytes],
+        envelope: Envelope,
+        authorize: Authorize | None,
+        inline: _Inline | None,
+    ) -> IngestResult:
+        """A message whose bytes are stored already: a duplicate, unless an older parser
+        version did not store it as reports. Then it is read again, as
+        ``rua-sink reprocess`` would, with this arrival's authentication verdicts."""
+        archived = await self.store.archived(conn, raw.sha256)
+        if archived is None or archived.status == "stored" or not archived.older:
+            status = None if archived is None else archived.status
+            return IngestResult(Outcome.DUPLICATE, None, archived_status=status)
+        await self.store.clear_reports(conn, archived.id)
+        if envelope.auth is not None:
+            await self.store.set_auth(conn, archived.id, envelope.auth)
+        result = await self._process(
+            conn, archived.id, file, envelope, authorize, reprocessing=True, inline=inline
+        )
+        result.reprocessed = True
+        return result
 
     async def _creating_partitions(self, attempt: Callable[[int], Awaitable[T]]) -> T:
         """``attempt(n)``, again while it finds a monthly partition missing. Each one is
@@ -302,13 +367,17 @@ class Ingester:
             except Exception:  # noqa: BLE001 - the transaction path meets it again
                 return None
             await tally.alone(raw, envelope, when, verdict, report)
-            return result
+            # These very bytes were stored before: the transaction path finds out how.
+            return None if result.raw_message_id is None else result
 
         return await self._creating_partitions(attempt)
 
-    async def reprocess(self, raw_id: int) -> IngestResult:
+    async def reprocess(
+        self, raw_id: int, *, auth_policy: AuthPolicy = AuthPolicy.FLAG
+    ) -> IngestResult:
         """Parse a stored raw message again with the current code, replacing what it
-        produced before (idempotent)."""
+        produced before (idempotent). Its stored authentication verdicts are judged by
+        ``auth_policy``, today's: under ``off``, a TLS report needs no signature."""
         content, envelope, _ = await self.store.raw_content(raw_id)
 
         async def attempt(_: int) -> IngestResult:
@@ -316,10 +385,21 @@ class Ingester:
                 unpack_archived(content, spool)
                 spool.seek(0)
                 async with self.store.pool.acquire() as conn, conn.transaction():
+                    # One reading at a time: a copy arriving now waits for this one.
+                    await self.store.lock_raw(conn, raw_id)
                     await self.store.clear_reports(conn, raw_id)
-                    return await self._process(conn, raw_id, spool, envelope, reprocessing=True)
+                    return await self._process(
+                        conn,
+                        raw_id,
+                        spool,
+                        envelope,
+                        reprocessing=True,
+                        require_signed=auth_policy is not AuthPolicy.OFF,
+                    )
 
-        return await self._creating_partitions(attempt)
+        result = await self._creating_partitions(attempt)
+        result.reprocessed = True
+        return result
 
     async def _process(
         self,
@@ -331,9 +411,11 @@ class Ingester:
         *,
         reprocessing: bool = False,
         inline: _Inline | None = None,
+        require_signed: bool = True,
     ) -> IngestResult:
         result = IngestResult(Outcome.STORED, raw_id)
         run = _Run(self, conn, result, authorize, envelope.auth)
+        run.require_signed = require_signed
         name = _name(envelope)
         status, reason, detail = "stored", None, None
         limits = self.limits
@@ -486,6 +568,8 @@ class _Tally:
         self.authorize = authorize
         self.auth = auth
         self.authenticated = None if auth is None else auth.authenticated
+        #: RFC 8460 3 applied to TLS reports (not when reprocessing under policy off)
+        self.require_signed = True
         self.store = ingester.store
         self.result = result
         self.tally: Counter[tuple[Any, Any, Any]] = Counter()  # (disposition, dkim, spf)
@@ -655,7 +739,7 @@ class _Run(_Tally):
                 await self.failure(ev)
 
     async def tls(self, ev: TlsReport) -> None:
-        if self.auth is not None:
+        if self.auth is not None and self.require_signed:
             # RFC 8460 3: a report without a valid DKIM signature of the reporting domain
             # (its From domain, or that of its contact address) is ignored.
             contact = (ev.contact_info or "").rpartition("@")[2]

@@ -22,6 +22,8 @@ class ReplyReason(StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"
     QUARANTINED = "quarantined"
+    UNSIGNED = "unsigned_report"  # a TLS report kept for review: not signed by its reporter
+    REPROCESSED = "reprocessed"  # stored before, not as reports, by an older parser
     NOT_A_REPORT = "not_a_report"
     POSTMASTER = "postmaster"
     UNAUTHORIZED = "unauthorized"

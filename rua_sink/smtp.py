@@ -13,7 +13,7 @@ out of spool space                                      452 4.3.1
 DNS temporary error during the authorization check      451 4.4.3
 report for a domain that has not authorized us          550 5.7.1 (or stored, flagged)
 mail failing DMARC, RUA_SINK_REQUIRE_AUTHENTICATED=reject 550 5.7.1 (451 4.4.3: DNS failed)
-TLS report without a DKIM signature of its reporter     250, quarantined (RFC 8460 3)
+TLS report without a DKIM signature of its reporter     250, kept for review (RFC 8460 3)
 no report-like part at all                              550 5.6.0
 the same, to postmaster (RFC 5321 4.5.1)                250, kept as not_a_report
 report-like part that fails to decompress or parse      250, quarantined
@@ -52,9 +52,10 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from . import logs
 from .authz import Authorization, AuthorizationUnavailable, Authorizer, Verdict
+from .core.errors import Reason
 from .core.limits import Limits
 from .core.model import ReportType
-from .ingest import Ingester, Outcome
+from .ingest import Ingester, IngestResult, Outcome
 from .mailauth import AuthPolicy, AuthUnavailable, MailAuth, MailAuthenticator
 from .metrics import Metrics, ReplyReason
 from .store import Envelope as Arrival
@@ -64,6 +65,10 @@ log = logs.get("rua_sink.smtp")
 REPLY_STORED = "250 2.0.0 Report accepted"
 REPLY_DUPLICATE = "250 2.0.0 Report already received, accepted"
 REPLY_QUARANTINED = "250 2.0.0 Accepted; the report could not be parsed and is kept for review"
+REPLY_PARTLY = "250 2.0.0 Accepted; a part could not be parsed and is kept for review"
+REPLY_UNSIGNED = "250 2.0.0 Accepted; kept for review: not signed by its reporter"
+REPLY_KEPT = "250 2.0.0 Already received; kept for review"
+REPLY_REPROCESSED = "250 2.0.0 Report accepted; received before, now read again"
 REPLY_NOT_A_REPORT = "550 5.6.0 No DMARC or TLS report found in this message"
 REPLY_POSTMASTER = "250 2.0.0 Accepted for the postmaster"
 REPLY_UNAUTHORIZED = "550 5.7.1 The report's domain has not authorized this destination"
@@ -322,15 +327,8 @@ class ReportHandler:
         m.dmarc(result.dmarc, result.last_report, result.tls_sessions)
         if result.aggregate_report_ids:
             self.on_stored(result.aggregate_report_ids)
-        if result.outcome is Outcome.NOT_A_REPORT:
-            if to_postmaster:
-                return self._reply(REPLY_POSTMASTER, ReplyReason.POSTMASTER)
-            return self._reply(REPLY_NOT_A_REPORT, ReplyReason.NOT_A_REPORT)
-        if result.outcome is Outcome.QUARANTINED:
-            return self._reply(REPLY_QUARANTINED, ReplyReason.QUARANTINED)
-        if result.outcome is Outcome.DUPLICATE:
-            return self._reply(REPLY_DUPLICATE, ReplyReason.DUPLICATE)
-        return self._reply(REPLY_STORED, ReplyReason.STORED)
+        status, reason = reply_for(result, to_postmaster=to_postmaster)
+        return self._reply(status, reason)
 
     def _reply(self, status: str, reason: ReplyReason) -> str:
         self.metrics.reply(status, reason)
@@ -355,6 +353,30 @@ class ReportHandler:
             if last.verdict.allowed:
                 break
         return last
+
+
+def reply_for(result: IngestResult, *, to_postmaster: bool) -> tuple[str, ReplyReason]:
+    """What the reply says happened to a message (README, the reply table)."""
+    outcome = result.outcome
+    if outcome is Outcome.DUPLICATE and result.archived_status == "not_a_report":
+        outcome = Outcome.NOT_A_REPORT  # these bytes again: still not a report
+    if outcome is Outcome.NOT_A_REPORT:
+        if to_postmaster:
+            return REPLY_POSTMASTER, ReplyReason.POSTMASTER
+        return REPLY_NOT_A_REPORT, ReplyReason.NOT_A_REPORT
+    if outcome is Outcome.QUARANTINED:
+        if result.reason is Reason.UNSIGNED_REPORT:
+            return REPLY_UNSIGNED, ReplyReason.UNSIGNED
+        if result.reports_new or result.reports_duplicate:
+            return REPLY_PARTLY, ReplyReason.QUARANTINED
+        return REPLY_QUARANTINED, ReplyReason.QUARANTINED
+    if outcome is Outcome.DUPLICATE:
+        if result.archived_status == "quarantined":
+            return REPLY_KEPT, ReplyReason.DUPLICATE
+        return REPLY_DUPLICATE, ReplyReason.DUPLICATE
+    if result.reprocessed:
+        return REPLY_REPROCESSED, ReplyReason.REPROCESSED
+    return REPLY_STORED, ReplyReason.STORED
 
 
 def client_address(session: Session) -> str | None:

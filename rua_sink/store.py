@@ -23,9 +23,9 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 import asyncpg
 import asyncpg.pool
 
-from . import __version__
 from .copytext import is_inet
 from .core.model import AggregateEnd, AggregateReport, FailureReport, Record, TlsReport
+from .core.version import PARSER_VERSION
 from .mailauth import MailAuth
 
 if TYPE_CHECKING:
@@ -139,6 +139,22 @@ def next_month(moment: datetime) -> datetime:
 
 def partition_name(month: datetime) -> str:
     return f"aggregate_records_{month.year:04d}_{month.month:02d}"
+
+
+#: The parser version (``core.version``) that read a raw message, as a number: messages
+#: archived before the number existed carry the package version ("0.1.0"), version 1.
+_VERSION_OF = "(CASE WHEN parser_version ~ '^[0-9]{1,9}$' THEN parser_version::integer ELSE 1 END)"
+
+
+@dataclass(frozen=True, slots=True)
+class Archived:
+    """A raw message stored before: its id, what became of it, and whether an older
+    parser version read it."""
+
+    id: int
+    status: str
+    reason: str | None
+    older: bool
 
 
 class MissingPartition(Exception):
@@ -267,8 +283,6 @@ SELECT (SELECT id FROM raw), (SELECT id FROM report)
 
 
 def _raw_values(raw: RawMessage, envelope: Envelope, received_at: datetime) -> tuple[Any, ...]:
-    auth = envelope.auth
-    dkim = auth.dkim if auth else ()
     return (
         raw.sha256,
         raw.size,
@@ -279,7 +293,15 @@ def _raw_values(raw: RawMessage, envelope: Envelope, received_at: datetime) -> t
         list(envelope.rcpt_to),
         envelope.source,
         raw.content_gzip,
-        __version__,
+        str(PARSER_VERSION),
+        *_auth_values(envelope.auth),
+    )
+
+
+def _auth_values(auth: MailAuth | None) -> tuple[Any, ...]:
+    """The ``auth_*`` columns of ``raw_messages``, in order."""
+    dkim = auth.dkim if auth else ()
+    return (
         auth.from_domain if auth else None,
         auth.spf if auth else None,
         auth.spf_domain if auth else None,
@@ -413,6 +435,36 @@ class Store:
         return value
 
     @staticmethod
+    async def archived(conn: Conn, sha256: bytes) -> Archived | None:
+        """The archived message with these bytes, locked until the transaction ends (a
+        second copy arriving at the same time waits, then finds it read again)."""
+        row = await conn.fetchrow(
+            f"SELECT id, status, reason, {_VERSION_OF} < $2 AS older FROM raw_messages "  # noqa: S608
+            "WHERE sha256 = $1 FOR UPDATE",
+            sha256,
+            PARSER_VERSION,
+        )
+        if row is None:
+            return None
+        return Archived(row["id"], row["status"], row["reason"], row["older"])
+
+    @staticmethod
+    async def lock_raw(conn: Conn, raw_id: int) -> None:
+        """Lock a raw message's row until the transaction ends."""
+        await conn.execute("SELECT 1 FROM raw_messages WHERE id = $1 FOR UPDATE", raw_id)
+
+    @staticmethod
+    async def set_auth(conn: Conn, raw_id: int, auth: MailAuth) -> None:
+        """The verdicts of a new copy's authentication, which its reports now carry."""
+        await conn.execute(
+            "UPDATE raw_messages SET auth_from_domain = $2, auth_spf = $3, auth_spf_domain = $4, "
+            "auth_dkim_domains = $5, auth_dkim_selectors = $6, auth_dkim_results = $7, "
+            "auth_dkim_aligned = $8, auth_spf_aligned = $9, auth_dmarc = $10 WHERE id = $1",
+            raw_id,
+            *_auth_values(auth),
+        )
+
+    @staticmethod
     async def redact_raw(conn: Conn, raw_id: int, content_gzip: bytes) -> None:
         """Replace the archived message with a copy that leaves out private content."""
         await conn.execute(
@@ -435,7 +487,7 @@ class Store:
             status,
             reason,
             detail,
-            __version__,
+            str(PARSER_VERSION),
         )
 
     @staticmethod
@@ -652,9 +704,25 @@ class Store:
 
     # -- maintenance ------------------------------------------------------------------
 
-    async def raw_messages(self, *, quarantined_only: bool) -> list[int]:
-        where = "WHERE status <> 'stored'" if quarantined_only else ""
-        rows = await self.pool.fetch(f"SELECT id FROM raw_messages {where} ORDER BY id")  # noqa: S608
+    async def raw_messages(
+        self,
+        *,
+        every: bool = False,
+        any_version: bool = False,
+        reasons: Sequence[str] = (),
+    ) -> list[int]:
+        """Raw messages to read again: those not stored as reports (``not_a_report``,
+        ``quarantined``) by an older parser version, and those kept for one of
+        ``reasons`` whatever the version; with ``any_version``, all of those not stored
+        as reports; with ``every``, all."""
+        rows = await self.pool.fetch(
+            "SELECT id FROM raw_messages WHERE $1 OR (status <> 'stored' AND "  # noqa: S608
+            f"($2 OR {_VERSION_OF} < $3 OR reason = ANY($4::text[]))) ORDER BY id",
+            every,
+            any_version,
+            PARSER_VERSION,
+            list(reasons),
+        )
         return [r["id"] for r in rows]
 
     async def list_raw(self, statuses: Sequence[str], limit: int) -> list[asyncpg.Record]:

@@ -211,13 +211,21 @@ LARGE_RECORD = """  <record>
 """
 
 
-def build_email(path: Path, records: int, seed: int = 7) -> int:
-    """Write a report email with ``records`` records; returns the XML size in bytes."""
+def build_report(
+    raw: Path, records: int, seed: int = 7, *, begin: int = 1782172800, report_id: str = ""
+) -> int:
+    """Write a gzip'd aggregate report of ``records`` records, as large providers write
+    them (about 680 bytes of XML a record), of the day that starts at ``begin``; returns
+    the XML size in bytes."""
     rng = random.Random(seed)
-    raw = path.with_suffix(".xml.gz")
     xml_bytes = 0
     with gzip.open(raw, "wb", compresslevel=6) as packed:
-        head = LARGE_HEAD.format(report_id=f"bench-{records}").encode()
+        head = (
+            LARGE_HEAD.format(report_id=report_id or f"bench-{records}")
+            .replace("1782172800", str(begin))
+            .replace("1782259199", str(begin + 86399))
+            .encode()
+        )
         packed.write(head)
         xml_bytes += len(head)
         batch: list[str] = []
@@ -250,6 +258,13 @@ def build_email(path: Path, records: int, seed: int = 7) -> int:
         tail = ("".join(batch) + "</feedback>\n").encode()
         packed.write(tail)
         xml_bytes += len(tail)
+    return xml_bytes
+
+
+def build_email(path: Path, records: int, seed: int = 7) -> int:
+    """Write a report email with ``records`` records; returns the XML size in bytes."""
+    raw = path.with_suffix(".xml.gz")
+    xml_bytes = build_report(raw, records, seed)
     name = f"bench.example!example.com!1782172800!1782259199!{records}.xml.gz"
     with raw.open("rb") as src, path.open("wb") as out:
         out.write(
