@@ -1,7 +1,7 @@
 """Ingest throughput: a report email file -> committed rows in PostgreSQL.
 
 Builds the gzip'd report email of bench/parse.py (400,000 records by default), stores
-each in a fresh database with ``rua_sink.ingest.Ingester`` in a process of its own, and
+each in a fresh database with ``rua_sink.ingest.ingester.Ingester`` in a process of its own, and
 prints records/s (file read to commit) with the report's records parsed by
 ``--workers`` worker processes (``RUA_SINK_PARSE_WORKERS``; 0: in the ingesting process),
 the peak RSS of the ingesting process and of each worker, and, as the baseline, the time
@@ -36,13 +36,13 @@ CHILD = textwrap.dedent(
     """
     import asyncio, json, sys, time
     import asyncpg
-    from rua_sink import migrate
+    from rua_sink.storage import migrate
     from rua_sink.core.limits import Limits
     from rua_sink.core.model import AggregateEnd
     from rua_sink.core.pipeline import parse_stream
-    from rua_sink.ingest import Ingester
-    from rua_sink.parsepool import ParsePool
-    from rua_sink.store import Envelope, Store
+    from rua_sink.ingest.ingester import Ingester
+    from rua_sink.ingest.parsepool import ParsePool
+    from rua_sink.storage.store import Envelope, Store
 
     path, url, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 

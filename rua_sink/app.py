@@ -23,18 +23,25 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from . import __version__, logs, migrate
-from .authz import Authorizer, make_resolver
-from .config import Settings
-from .database import ensure_database
-from .heap import fix_mmap_threshold
-from .ingest import Ingester
-from .mailauth import AuthPolicy, MailAuthenticator
-from .metrics import Metrics
-from .parsepool import ParsePool
-from .senders import SenderIdentifier, ServiceMap
-from .smtp import AddressPolicy, ReportHandler, ReportSMTP, Sessions, remove_stale_spools
-from .store import Store
+from rua_sink import __version__, logs
+from rua_sink.config import Settings
+from rua_sink.dns.authz import Authorizer, make_resolver
+from rua_sink.dns.mailauth import AuthPolicy, MailAuthenticator
+from rua_sink.dns.senders import SenderIdentifier, ServiceMap
+from rua_sink.heap import fix_mmap_threshold
+from rua_sink.ingest.ingester import Ingester
+from rua_sink.ingest.parsepool import ParsePool
+from rua_sink.metrics import Metrics
+from rua_sink.smtp.server import (
+    AddressPolicy,
+    ReportHandler,
+    ReportSMTP,
+    Sessions,
+    remove_stale_spools,
+)
+from rua_sink.storage import migrate
+from rua_sink.storage.database import ensure_database
+from rua_sink.storage.store import Store
 
 log = logs.get("rua_sink")
 

@@ -14,11 +14,8 @@ from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network, ip_network
 from typing import Any
 
-from .core.limits import Limits, parse_size
-
-
-class ConfigError(ValueError):
-    """A setting has a value rua-sink cannot use."""
+from rua_sink.core.limits import Limits, parse_size
+from rua_sink.errors import ConfigError
 
 
 def _hostport(text: str) -> tuple[str, int]:

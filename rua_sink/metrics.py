@@ -9,37 +9,11 @@ follow Prometheus conventions: ``rua_sink_`` prefix, ``_total`` counters, base u
 from __future__ import annotations
 
 from collections.abc import Mapping
-from enum import StrEnum
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from . import __version__
-
-
-class ReplyReason(StrEnum):
-    """Why a reply to a message (or to RCPT) was what it was."""
-
-    STORED = "stored"
-    DUPLICATE = "duplicate"
-    QUARANTINED = "quarantined"
-    UNSIGNED = "unsigned_report"  # a TLS report kept for review: not signed by its reporter
-    REPROCESSED = "reprocessed"  # stored before, not as reports, by an older parser
-    NOT_A_REPORT = "not_a_report"
-    POSTMASTER = "postmaster"
-    UNAUTHORIZED = "unauthorized"
-    UNAUTHENTICATED = "unauthenticated"
-    DNS_UNAVAILABLE = "dns_unavailable"
-    DATABASE_UNAVAILABLE = "database_unavailable"
-    NO_STORAGE = "no_storage"
-    INTERNAL_ERROR = "internal_error"
-    TOO_BIG = "too_big"
-    LINE_TOO_LONG = "line_too_long"
-    BAD_SYNTAX = "bad_syntax"
-    DATA_TIMEOUT = "data_timeout"
-    UNKNOWN_RECIPIENT = "unknown_recipient"
-    TOO_MANY_RECIPIENTS = "too_many_recipients"
-    TOO_MANY_CONNECTIONS = "too_many_connections"
-
+from rua_sink import __version__
+from rua_sink.outcomes import ReplyReason
 
 OTHER = "other"
 _DISPOSITIONS = frozenset(("none", "pass", "quarantine", "reject"))

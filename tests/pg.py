@@ -18,8 +18,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from rua_sink import migrate
-from rua_sink.database import Embedded, find_bindir
+from rua_sink.storage import migrate
+from rua_sink.storage.database import Embedded, find_bindir
 
 T = TypeVar("T")
 

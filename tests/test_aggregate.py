@@ -8,7 +8,6 @@ import pytest
 from lxml import etree
 
 from rua_sink.core.aggregate import new_parser, parse_aggregate
-from rua_sink.core.errors import InvalidReport, TruncatedXml, XmlSyntaxError
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import (
     AggregateEnd,
@@ -21,6 +20,7 @@ from rua_sink.core.model import (
     Verdict,
 )
 from rua_sink.core.xmlclean import NAME_CHECK_BYTES
+from rua_sink.errors import InvalidReport, TruncatedXml, XmlSyntaxError
 
 from .reports import NS_9990, record_xml, report_xml
 

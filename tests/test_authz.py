@@ -6,14 +6,9 @@ import time
 
 import pytest
 
-from rua_sink.authz import (
-    Authorization,
-    AuthorizationUnavailable,
-    Authorizer,
-    Verdict,
-    make_resolver,
-    organizational_domain,
-)
+from rua_sink.dns.authz import Authorization, Authorizer, make_resolver, organizational_domain
+from rua_sink.errors import AuthorizationUnavailable
+from rua_sink.outcomes import Verdict
 
 from .dnsserver import Zone
 from .pg import run

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from rua_sink.config import SETTINGS, ConfigError, Settings, names
+from rua_sink.config import SETTINGS, Settings, names
+from rua_sink.errors import ConfigError
 
 from .conftest import readme_table
 

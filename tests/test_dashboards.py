@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 
 from rua_sink.core.limits import Limits
-from rua_sink.ingest import Ingester
-from rua_sink.store import Store
+from rua_sink.ingest.ingester import Ingester
+from rua_sink.storage.store import Store
 
 from .conftest import ROOT, readme_table
 from .reports import gz, message, report_message, report_xml, tls_message

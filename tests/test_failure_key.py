@@ -12,13 +12,14 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from rua_sink import migrate
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import FailureReport
 from rua_sink.core.pipeline import parse_file
-from rua_sink.ingest import Ingester, IngestResult, Outcome
-from rua_sink.smtp import REPLY_DUPLICATE, REPLY_STORED
-from rua_sink.store import Store
+from rua_sink.ingest.ingester import Ingester, IngestResult
+from rua_sink.outcomes import Outcome
+from rua_sink.smtp.server import REPLY_DUPLICATE, REPLY_STORED
+from rua_sink.storage import migrate
+from rua_sink.storage.store import Store
 
 from .conftest import corpus
 from .pg import fetch, scratch_database

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from rua_sink.copytext import encode_records
 from rua_sink.core.aggregate import parse_aggregate
-from rua_sink.core.errors import RuaSinkError
 from rua_sink.core.fanout import Fanout, parse_segment
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import AggregateEnd, AggregateReport, PartInfo, Record, RecordBatch
-from rua_sink.parsepool import ParsePool
+from rua_sink.errors import MessageError
+from rua_sink.ingest.parsepool import ParsePool
+from rua_sink.storage.copytext import encode_records
 
 from .reports import NS_9990, record_xml, report_xml
 
@@ -54,7 +54,7 @@ def run(
                 head = ev
             elif isinstance(ev, AggregateEnd):
                 end = (ev.record_count, ev.message_count, ev.repairs, ev.document_bytes)
-    except RuaSinkError as exc:
+    except MessageError as exc:
         return ("error", type(exc).__name__, str(exc)), batches
     return (head, lines, end), batches
 

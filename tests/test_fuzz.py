@@ -8,7 +8,7 @@
 (d) chunking invariance: a message fed in chunks of any size, down to one byte, gives
     exactly what it gives fed whole.
 
-Property of (a) to (c): nothing but a ``RuaSinkError`` escapes the core, every event is
+Property of (a) to (c): nothing but a ``MessageError`` escapes the core, every event is
 one of the model's types, and events come in a sensible order (a record belongs to an
 open aggregate report, an ``AggregateEnd`` closes the one that is open). Hypothesis runs
 derandomized with no example database, so a run is the same on every machine.
@@ -34,7 +34,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rua_sink.core.aggregate import parse_aggregate
-from rua_sink.core.errors import Reason, RuaSinkError
 from rua_sink.core.limits import KiB, Limits, MiB
 from rua_sink.core.model import (
     AggregateEnd,
@@ -48,6 +47,7 @@ from rua_sink.core.model import (
     TlsReport,
 )
 from rua_sink.core.pipeline import default_spool, parse_file, parse_message, parse_part
+from rua_sink.errors import MessageError, Reason
 
 from .conftest import CORPUS, Collected, collect
 from .reports import gz, zipped
@@ -86,11 +86,11 @@ SUFFIXES = (".eml", ".xml", ".gz", ".zip", ".zlib", ".json")
 # --- the property ------------------------------------------------------------------------
 
 
-def checked(events: Iterable[Event]) -> tuple[list[Event], RuaSinkError | None]:
+def checked(events: Iterable[Event]) -> tuple[list[Event], MessageError | None]:
     """Drain ``events``; assert the property; return the events and the error raised."""
     out: list[Event] = []
     open_report: AggregateReport | None = None
-    raised: RuaSinkError | None = None
+    raised: MessageError | None = None
     try:
         for ev in events:
             assert isinstance(ev, MODEL_TYPES), f"not a model type: {type(ev).__name__}"
@@ -106,13 +106,13 @@ def checked(events: Iterable[Event]) -> tuple[list[Event], RuaSinkError | None]:
                 assert ev.record_count >= 0 and ev.message_count >= 0
                 open_report = None
             elif isinstance(ev, PartFailed):
-                assert isinstance(ev.error, RuaSinkError)
+                assert isinstance(ev.error, MessageError)
                 assert isinstance(ev.error.reason, Reason)
                 open_report = None  # its records are discarded by consumers
             else:
                 assert open_report is None, f"{type(ev).__name__} inside an aggregate report"
             out.append(ev)
-    except RuaSinkError as exc:
+    except MessageError as exc:
         raised = exc
     except AssertionError:
         raise
@@ -460,7 +460,7 @@ def test_mutated_corpus_email_in_chunks(message: bytes, sizes: list[int]) -> Non
 # --- (d) chunking invariance -------------------------------------------------------------
 
 
-def _outcome(events: Iterable[Event]) -> tuple[Collected, type[RuaSinkError] | None]:
+def _outcome(events: Iterable[Event]) -> tuple[Collected, type[MessageError] | None]:
     got, raised = checked(events)
     return collect(got), type(raised) if raised is not None else None
 

@@ -28,32 +28,6 @@ from pathlib import Path
 
 import pytest
 
-from rua_sink.core.errors import (
-    ArchiveTooDeep,
-    CompressionRatioExceeded,
-    DecompressedTooLarge,
-    ElementTooLarge,
-    ForbiddenXml,
-    HeaderTooLarge,
-    InvalidReport,
-    JsonTooLarge,
-    LimitExceeded,
-    LineTooLong,
-    MessageTooLarge,
-    MimeTooDeep,
-    NotAReport,
-    Reason,
-    RuaSinkError,
-    TooManyArchiveMembers,
-    TooManyParts,
-    TooManyRecords,
-    TransferEncodingError,
-    TruncatedArchive,
-    TruncatedXml,
-    UnknownFormat,
-    XmlSyntaxError,
-    XmlTooDeep,
-)
 from rua_sink.core.limits import KiB, Limits, MiB
 from rua_sink.core.model import (
     AggregateEnd,
@@ -66,6 +40,32 @@ from rua_sink.core.model import (
     TlsReport,
 )
 from rua_sink.core.pipeline import default_spool, parse_message, parse_part
+from rua_sink.errors import (
+    ArchiveTooDeep,
+    CompressionRatioExceeded,
+    DecompressedTooLarge,
+    ElementTooLarge,
+    ForbiddenXml,
+    HeaderTooLarge,
+    InvalidReport,
+    JsonTooLarge,
+    LimitExceeded,
+    LineTooLong,
+    MessageError,
+    MessageTooLarge,
+    MimeTooDeep,
+    NotAReport,
+    Reason,
+    TooManyArchiveMembers,
+    TooManyParts,
+    TooManyRecords,
+    TransferEncodingError,
+    TruncatedArchive,
+    TruncatedXml,
+    UnknownFormat,
+    XmlSyntaxError,
+    XmlTooDeep,
+)
 
 from .conftest import chunks
 from .reports import message
@@ -104,14 +104,14 @@ def bounded(*, seconds: float = SECONDS, peak: int | None = PEAK) -> Iterator[No
 
 
 def _no_stray(run: Callable[[], list[Event]], where: str) -> list[Event]:
-    """Only RuaSinkError may escape the core (errors.py); anything else is a bug."""
+    """Only MessageError may escape the core (errors.py); anything else is a bug."""
     try:
         return run()
-    except RuaSinkError:
+    except MessageError:
         raise
     except Exception as exc:
         raise AssertionError(
-            f"{type(exc).__name__} escaped {where} (only RuaSinkError may): {exc}"
+            f"{type(exc).__name__} escaped {where} (only MessageError may): {exc}"
         ) from exc
 
 
@@ -127,7 +127,7 @@ def part_events(payload: bytes, limits: Limits = DEFAULT) -> list[Event]:
     )
 
 
-def failure(events: list[Event]) -> RuaSinkError:
+def failure(events: list[Event]) -> MessageError:
     """The error of the one ``PartFailed`` among ``events``."""
     failed = [e for e in events if isinstance(e, PartFailed)]
     assert len(failed) == 1, f"expected one PartFailed, got {events!r:.600}"
@@ -135,11 +135,11 @@ def failure(events: list[Event]) -> RuaSinkError:
 
 
 def assert_error(
-    error: BaseException, cls: type[RuaSinkError], reason: Reason | None = None
+    error: BaseException, cls: type[MessageError], reason: Reason | None = None
 ) -> None:
     assert type(error) is cls, f"expected {cls.__name__}, got {type(error).__name__}: {error}"
     if reason is not None:
-        assert isinstance(error, RuaSinkError)
+        assert isinstance(error, MessageError)
         assert error.reason is reason
 
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rua_sink.mailauth import MailAuth, MailAuthenticator
+from rua_sink.dns.mailauth import MailAuth, MailAuthenticator
 
 from .dnsserver import Zone, serving
 from .reports import (

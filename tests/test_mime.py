@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rua_sink.core.errors import NotAReport, TransferEncodingError
 from rua_sink.core.limits import Limits
 from rua_sink.core.mime import (
     FailedPart,
@@ -20,6 +19,7 @@ from rua_sink.core.mime import (
     parse_fields,
 )
 from rua_sink.core.pipeline import default_spool, parse_message
+from rua_sink.errors import NotAReport, TransferEncodingError
 
 from .conftest import Collected, chunks, collect
 from .reports import TLS_JSON, gz, message, report_xml, zipped

@@ -7,7 +7,7 @@ from collections import Counter, defaultdict
 from datetime import datetime
 from typing import Any
 
-from rua_sink.store import Store
+from rua_sink.storage.store import Store
 
 from .conftest import ROOT
 from .storage import DOMAIN, PERIOD, parsed_records, store_corpus, with_store

@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from rua_sink.core.errors import Reason
 from rua_sink.core.limits import Limits, parse_size
+from rua_sink.errors import Reason
 
 from .conftest import ROOT, readme_table
 

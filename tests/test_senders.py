@@ -15,18 +15,12 @@ from typing import Any, TypeVar
 import asyncpg
 import pytest
 
-from rua_sink.authz import make_resolver
 from rua_sink.core.limits import Limits
-from rua_sink.ingest import Ingester
-from rua_sink.senders import (
-    Identity,
-    SenderIdentifier,
-    ServiceMap,
-    ServicesFileError,
-    Tally,
-    Unavailable,
-)
-from rua_sink.store import Store
+from rua_sink.dns.authz import make_resolver
+from rua_sink.dns.senders import Identity, SenderIdentifier, ServiceMap, Tally, Unanswered
+from rua_sink.errors import ServicesFileError
+from rua_sink.ingest.ingester import Ingester
+from rua_sink.storage.store import Store
 
 from .conftest import ROOT
 from .dnsserver import Zone
@@ -282,7 +276,7 @@ def test_a_name_that_does_not_lead_back_gets_no_service(
     zone.add("mail-sor-f42.google.com", "AAAA", "2001:db8::42")
     store_reports(db, sources_report({"192.0.2.66": (9, False), "192.0.2.67": (1, False)}))
 
-    async def go(identifier: SenderIdentifier) -> tuple[Identity | Unavailable, ...]:
+    async def go(identifier: SenderIdentifier) -> tuple[Identity | Unanswered, ...]:
         await identifier.sweep(10)
         return (await identifier.resolve("192.0.2.66"), await identifier.resolve("192.0.2.67"))
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import zlib
 
-from rua_sink.core.errors import DecompressionError, TruncatedArchive, UnknownFormat
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import PartInfo
 from rua_sink.core.pipeline import default_spool, parse_part
+from rua_sink.errors import DecompressionError, TruncatedArchive, UnknownFormat
 
 from .conftest import Collected, collect
 from .reports import TLS_JSON, gz, report_xml, zipped

@@ -21,17 +21,8 @@ from typing import TYPE_CHECKING, Any, cast
 import idna
 from lxml import etree
 
-from .errors import (
-    ElementTooLarge,
-    InvalidReport,
-    RuaSinkError,
-    TooManyRecords,
-    TruncatedXml,
-    XmlSyntaxError,
-    XmlTooDeep,
-)
-from .limits import Limits
-from .model import (
+from rua_sink.core.limits import Limits
+from rua_sink.core.model import (
     AggregateEnd,
     AggregateReport,
     AlignmentMode,
@@ -54,10 +45,19 @@ from .model import (
     Verdict,
     enum_or_verbatim,
 )
-from .xmlclean import XmlCleaner
+from rua_sink.core.xmlclean import XmlCleaner
+from rua_sink.errors import (
+    ElementTooLarge,
+    InvalidReport,
+    MessageError,
+    TooManyRecords,
+    TruncatedXml,
+    XmlSyntaxError,
+    XmlTooDeep,
+)
 
 if TYPE_CHECKING:
-    from .fanout import Fanout
+    from rua_sink.core.fanout import Fanout
 
 NS_RFC9990 = "urn:ietf:params:xml:ns:dmarc-2.0"
 NS_DRAFT = "http://dmarc.org/dmarc-xml/0.2"
@@ -562,7 +562,7 @@ def parse_aggregate(
     tail = _WrapperTail()
     splitter = None
     if fanout is not None:
-        from .fanout import Splitter  # noqa: PLC0415 - it imports this module
+        from rua_sink.core.fanout import Splitter  # noqa: PLC0415 - it imports this module
 
         splitter = Splitter(fanout, max_depth)
     try:
@@ -695,7 +695,7 @@ def parse_aggregate(
     )
 
 
-def _syntax_error(exc: etree.XMLSyntaxError, limits: Limits, *, closing: bool) -> RuaSinkError:
+def _syntax_error(exc: etree.XMLSyntaxError, limits: Limits, *, closing: bool) -> MessageError:
     text = str(exc)
     if "Excessive depth" in text:
         return XmlTooDeep(257, limits.max_xml_depth, f"XML nesting too deep: {exc}")

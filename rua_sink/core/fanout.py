@@ -33,8 +33,8 @@ from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
-from . import aggregate
-from .model import Record, RecordBatch
+from rua_sink.core import aggregate
+from rua_sink.core.model import Record, RecordBatch
 
 MiB = 1024 * 1024
 

@@ -30,18 +30,18 @@ from email.message import Message
 from enum import Enum, auto
 from typing import IO, Any, Protocol
 
-from .errors import (
+from rua_sink.core.limits import Limits
+from rua_sink.core.model import MessageInfo, PartInfo
+from rua_sink.core.sniff import SNIFF_BYTES, is_report_like
+from rua_sink.errors import (
     HeaderTooLarge,
     LineTooLong,
+    MessageError,
     MessageTooLarge,
     MimeTooDeep,
-    RuaSinkError,
     TooManyParts,
     TransferEncodingError,
 )
-from .limits import Limits
-from .model import MessageInfo, PartInfo
-from .sniff import SNIFF_BYTES, is_report_like
 
 SpoolFactory = Callable[[int], IO[bytes]]
 
@@ -338,7 +338,7 @@ class CapturedPart:
 @dataclass(slots=True)
 class FailedPart:
     info: PartInfo
-    error: RuaSinkError
+    error: MessageError
 
 
 WalkResult = MessageInfo | SpooledPart | CapturedPart | FailedPart
@@ -364,7 +364,7 @@ class _Leaf:
         self.head = bytearray()
         self.file: IO[bytes] | None = None
         self.size = 0
-        self.error: RuaSinkError | None = None
+        self.error: MessageError | None = None
 
 
 @dataclass(slots=True)

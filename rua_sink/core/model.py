@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, NamedTuple, TypeVar
 
-from .errors import RuaSinkError
+from rua_sink.errors import MessageError
 
 
 class ReportType(StrEnum):
@@ -365,7 +365,7 @@ class PartFailed:
     """
 
     part: PartInfo
-    error: RuaSinkError
+    error: MessageError
 
 
 Event = (

@@ -20,16 +20,23 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
-from .aggregate import parse_aggregate
-from .errors import MessageTooLarge, NotAReport, RuaSinkError, UnknownFormat
-from .failure import parse_exim_text, parse_feedback
-from .fanout import Fanout
-from .limits import Limits
-from .mime import CapturedPart, FailedPart, MimeWalker, SpooledPart, SpoolFactory, WalkResult
-from .model import Event, MessageInfo, PartFailed, PartInfo
-from .sniff import Kind, sniff
-from .tlsrpt import parse_tlsrpt
-from .unpack import CHUNK, Payload, file_chunks, payloads
+from rua_sink.core.aggregate import parse_aggregate
+from rua_sink.core.failure import parse_exim_text, parse_feedback
+from rua_sink.core.fanout import Fanout
+from rua_sink.core.limits import Limits
+from rua_sink.core.mime import (
+    CapturedPart,
+    FailedPart,
+    MimeWalker,
+    SpooledPart,
+    SpoolFactory,
+    WalkResult,
+)
+from rua_sink.core.model import Event, MessageInfo, PartFailed, PartInfo
+from rua_sink.core.sniff import Kind, sniff
+from rua_sink.core.tlsrpt import parse_tlsrpt
+from rua_sink.core.unpack import CHUNK, Payload, file_chunks, payloads
+from rua_sink.errors import MessageError, MessageTooLarge, NotAReport, UnknownFormat
 
 DEFAULT_LIMITS = Limits()
 
@@ -98,12 +105,12 @@ def parse_part(
             payload = next(layers)
         except StopIteration:
             break
-        except RuaSinkError as exc:
+        except MessageError as exc:
             yield PartFailed(info, exc)
             break
         try:
             yield from _documents(payload, limits, fanout)
-        except RuaSinkError as exc:
+        except MessageError as exc:
             yield PartFailed(payload.info, exc)
 
 

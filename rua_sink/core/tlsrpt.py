@@ -13,10 +13,9 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from .aggregate import domain, ip_address
-from .errors import InvalidJson, InvalidReport, JsonTooLarge
-from .limits import Limits
-from .model import (
+from rua_sink.core.aggregate import domain, ip_address
+from rua_sink.core.limits import Limits
+from rua_sink.core.model import (
     PartInfo,
     TlsFailureDetail,
     TlsPolicy,
@@ -25,6 +24,7 @@ from .model import (
     TlsResultType,
     enum_or_verbatim,
 )
+from rua_sink.errors import InvalidJson, InvalidReport, JsonTooLarge
 
 
 def parse_tlsrpt(chunks: Iterator[bytes], info: PartInfo, limits: Limits) -> TlsReport:

@@ -18,7 +18,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from .errors import (
+from rua_sink.core.limits import Limits
+from rua_sink.core.model import PartInfo
+from rua_sink.core.sniff import Kind, sniff
+from rua_sink.errors import (
     ArchiveTooDeep,
     CompressionRatioExceeded,
     DecompressedTooLarge,
@@ -26,9 +29,6 @@ from .errors import (
     TooManyArchiveMembers,
     TruncatedArchive,
 )
-from .limits import Limits
-from .model import PartInfo
-from .sniff import Kind, sniff
 
 # Below glibc's mmap threshold, which ``serve`` pins (see heap): buffers of this size are
 # reused from the heap, where larger ones would each be mapped, zeroed and unmapped.

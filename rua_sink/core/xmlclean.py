@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import re
 
-from .errors import ForbiddenXml
+from rua_sink.errors import ForbiddenXml
 
 _AMP = re.compile(rb"&(?!(?:amp|lt|gt|quot|apos|#[0-9]{1,7}|#x[0-9A-Fa-f]{1,6});)")
 # XML 1.0 2.3 names, in bytes; any non-ASCII byte counts as a name character, so that a

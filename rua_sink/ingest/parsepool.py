@@ -27,14 +27,14 @@ from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any, ParamSpec, TypeVar
 
-from .copytext import encode_records
-from .core.fanout import Fanout
+from rua_sink.core.fanout import Fanout
+from rua_sink.storage.copytext import encode_records
 
 P = ParamSpec("P")
 T = TypeVar("T")
 
 # Imported by the fork server once, so that each worker starts with them loaded.
-_PRELOAD = ["rua_sink.core.fanout", "rua_sink.copytext"]
+_PRELOAD = ["rua_sink.core.fanout", "rua_sink.storage.copytext"]
 
 
 def _ready() -> bool:

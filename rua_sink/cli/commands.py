@@ -20,15 +20,18 @@ from typing import Any, TextIO
 
 import asyncpg
 
-from . import backfill, config, migrate
-from .core.errors import Reason
-from .core.limits import Limits
-from .core.mime import header_text, leading_header_block, parse_fields
-from .database import DatabaseError, embedded, ensure_database, resolve_url
-from .ingest import Ingester, IngestResult, Outcome
-from .mailauth import AuthPolicy
-from .parsepool import ParsePool
-from .store import Envelope, Store, unpack_archived
+from rua_sink import config
+from rua_sink.core.limits import Limits
+from rua_sink.core.mime import header_text, leading_header_block, parse_fields
+from rua_sink.dns.mailauth import AuthPolicy
+from rua_sink.errors import ConfigError, DatabaseError, Reason
+from rua_sink.ingest import backfill
+from rua_sink.ingest.ingester import Ingester, IngestResult
+from rua_sink.ingest.parsepool import ParsePool
+from rua_sink.outcomes import Outcome, RawStatus
+from rua_sink.storage import migrate
+from rua_sink.storage.database import embedded, ensure_database, resolve_url
+from rua_sink.storage.store import Envelope, Store, unpack_archived
 
 
 @asynccontextmanager
@@ -55,7 +58,7 @@ async def parse_pool() -> AsyncIterator[ParsePool]:
     try:
         workers = setting.read()
     except ValueError as exc:
-        raise config.ConfigError(f"{setting.env}: {exc}") from exc
+        raise ConfigError(f"{setting.env}: {exc}") from exc
     pool = ParsePool(workers)
     try:
         yield pool
@@ -195,7 +198,7 @@ def cmd_reprocess(args: argparse.Namespace, out: TextIO) -> int:
     return 1 if missing else 0
 
 
-_STATUSES = ("quarantined", "not_a_report", "stored")
+_STATUSES = tuple(RawStatus)
 _HEAD_BYTES = 65536
 
 
@@ -217,7 +220,11 @@ def message_head(head_gzip: bytes) -> dict[str, str | None]:
 
 
 def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
-    statuses = args.status or ["quarantined", "not_a_report"]
+    statuses = (
+        [RawStatus(s) for s in args.status]
+        if args.status
+        else [RawStatus.QUARANTINED, RawStatus.NOT_A_REPORT]
+    )
 
     async def run() -> list[asyncpg.Record]:
         async with open_store() as store:
@@ -281,8 +288,8 @@ def _day(text: str) -> datetime:
 
 
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
-    from .core.aggregate import domain as a_label  # noqa: PLC0415
-    from .summary import summarize  # noqa: PLC0415
+    from rua_sink.core.aggregate import domain as a_label  # noqa: PLC0415
+    from rua_sink.storage.summary import summarize  # noqa: PLC0415
 
     until = args.until or datetime.now(UTC)
     since = args.since or until - timedelta(days=args.days)
@@ -298,9 +305,10 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_identify(args: argparse.Namespace, out: TextIO) -> int:
-    from .authz import make_resolver  # noqa: PLC0415
-    from .config import ConfigError, Settings  # noqa: PLC0415
-    from .senders import SenderIdentifier, ServiceMap  # noqa: PLC0415
+    from rua_sink.config import Settings  # noqa: PLC0415
+    from rua_sink.dns.authz import make_resolver  # noqa: PLC0415
+    from rua_sink.dns.senders import SenderIdentifier, ServiceMap  # noqa: PLC0415
+    from rua_sink.errors import ConfigError  # noqa: PLC0415
 
     try:
         settings = Settings.from_env(os.environ)
@@ -373,9 +381,10 @@ def cmd_db(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
-    from . import logs  # noqa: PLC0415
-    from .app import serve  # noqa: PLC0415 - the server's imports only when serving
-    from .config import ConfigError, Settings  # noqa: PLC0415
+    from rua_sink import logs  # noqa: PLC0415
+    from rua_sink.app import serve  # noqa: PLC0415 - the server's imports only when serving
+    from rua_sink.config import Settings  # noqa: PLC0415
+    from rua_sink.errors import ConfigError  # noqa: PLC0415
 
     logs.configure()
     try:
@@ -404,7 +413,8 @@ def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
-    from .sendreport import SendError, send  # noqa: PLC0415
+    from rua_sink.errors import SendError  # noqa: PLC0415
+    from rua_sink.smtp.client import send  # noqa: PLC0415
 
     try:
         code, reply = send(
@@ -422,8 +432,13 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_check_auth(args: argparse.Namespace, out: TextIO) -> int:
-    from .authz import AuthorizationUnavailable, Authorizer, make_resolver, organizational_domain  # noqa: PLC0415
-    from .config import Settings  # noqa: PLC0415
+    from rua_sink.config import Settings  # noqa: PLC0415
+    from rua_sink.dns.authz import (  # noqa: PLC0415
+        Authorizer,
+        make_resolver,
+        organizational_domain,
+    )
+    from rua_sink.errors import AuthorizationUnavailable  # noqa: PLC0415
 
     settings = Settings.from_env(os.environ)
     authorizer = Authorizer(

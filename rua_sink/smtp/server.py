@@ -50,15 +50,21 @@ import asyncpg
 from aiofiles.threadpool.binary import AsyncBufferedIOBase
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
-from . import logs
-from .authz import Authorization, AuthorizationUnavailable, Authorizer, Verdict
-from .core.errors import Reason
-from .core.limits import Limits
-from .core.model import ReportType
-from .ingest import Ingester, IngestResult, Outcome
-from .mailauth import AuthPolicy, AuthUnavailable, MailAuth, MailAuthenticator
-from .metrics import Metrics, ReplyReason
-from .store import Envelope as Arrival
+from rua_sink import logs
+from rua_sink.core.limits import Limits
+from rua_sink.core.model import ReportType
+from rua_sink.dns.authz import Authorization, Authorizer
+from rua_sink.dns.mailauth import AuthPolicy, MailAuth, MailAuthenticator
+from rua_sink.errors import (
+    AuthenticationUnavailable,
+    AuthorizationUnavailable,
+    NotAuthorized,
+    Reason,
+)
+from rua_sink.ingest.ingester import Ingester, IngestResult
+from rua_sink.metrics import Metrics
+from rua_sink.outcomes import Outcome, RawStatus, ReplyReason, Verdict
+from rua_sink.storage.store import Envelope as Arrival
 
 log = logs.get("rua_sink.smtp")
 
@@ -158,14 +164,6 @@ def _in_networks(ip: str, networks: tuple[IPv4Network | IPv6Network, ...]) -> bo
     except ValueError:
         return False
     return any(address in net for net in networks)
-
-
-class NotAuthorized(Exception):
-    """A report's policy domain has not authorized this destination."""
-
-    def __init__(self, kind: ReportType, domains: str) -> None:
-        super().__init__(domains)
-        self.kind = kind
 
 
 @dataclass
@@ -298,7 +296,7 @@ class ReportHandler:
             bound.info("refused_not_authorized", domains=str(exc))
             m.reports.labels(str(exc.kind), "rejected", authenticated).inc()
             return self._reply(REPLY_UNAUTHORIZED, ReplyReason.UNAUTHORIZED)
-        except (AuthorizationUnavailable, AuthUnavailable) as exc:
+        except (AuthorizationUnavailable, AuthenticationUnavailable) as exc:
             bound.warning("authorization_unavailable", error=str(exc))
             return self._reply(REPLY_DNS, ReplyReason.DNS_UNAVAILABLE)
         except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
@@ -358,7 +356,7 @@ class ReportHandler:
 def reply_for(result: IngestResult, *, to_postmaster: bool) -> tuple[str, ReplyReason]:
     """What the reply says happened to a message (README, the reply table)."""
     outcome = result.outcome
-    if outcome is Outcome.DUPLICATE and result.archived_status == "not_a_report":
+    if outcome is Outcome.DUPLICATE and result.archived_status is RawStatus.NOT_A_REPORT:
         outcome = Outcome.NOT_A_REPORT  # these bytes again: still not a report
     if outcome is Outcome.NOT_A_REPORT:
         if to_postmaster:
@@ -371,7 +369,7 @@ def reply_for(result: IngestResult, *, to_postmaster: bool) -> tuple[str, ReplyR
             return REPLY_PARTLY, ReplyReason.QUARANTINED
         return REPLY_QUARANTINED, ReplyReason.QUARANTINED
     if outcome is Outcome.DUPLICATE:
-        if result.archived_status == "quarantined":
+        if result.archived_status is RawStatus.QUARANTINED:
             return REPLY_KEPT, ReplyReason.DUPLICATE
         return REPLY_DUPLICATE, ReplyReason.DUPLICATE
     if result.reprocessed:

@@ -12,12 +12,11 @@ from typing import Any, TextIO
 
 import asyncpg
 
-from . import __version__, jsonout
-from .backfill import REPORT_SUFFIXES
-from .commands import add_commands
-from .core.errors import RuaSinkError
-from .core.limits import Limits
-from .core.model import (
+from rua_sink import __version__
+from rua_sink.cli import jsonout
+from rua_sink.cli.commands import add_commands
+from rua_sink.core.limits import Limits
+from rua_sink.core.model import (
     AggregateEnd,
     AggregateReport,
     FailureReport,
@@ -25,8 +24,9 @@ from .core.model import (
     Record,
     TlsReport,
 )
-from .core.pipeline import parse_file
-from .database import DatabaseError
+from rua_sink.core.pipeline import parse_file
+from rua_sink.errors import DatabaseError, MessageError
+from rua_sink.ingest.backfill import REPORT_SUFFIXES
 
 
 def _dumps(obj: Any) -> str:
@@ -92,7 +92,7 @@ class _Printer:
             self.abort_open_report(ev.error)
             self.failures.append(ev)
 
-    def abort_open_report(self, error: RuaSinkError) -> None:
+    def abort_open_report(self, error: MessageError) -> None:
         """A report whose document broke after some records: its line says so."""
         if self._open_part is None:
             return
@@ -101,7 +101,7 @@ class _Printer:
             self.out.write("]," + _dumps(fields)[1:] + "\n")
         self._head = self._open_part = None
 
-    def error(self, error: RuaSinkError, part: dict[str, Any] | None = None) -> None:
+    def error(self, error: MessageError, part: dict[str, Any] | None = None) -> None:
         obj: dict[str, Any] = {"error": str(error.reason), "detail": error.detail}
         if part is not None:
             obj["part"] = part
@@ -130,7 +130,7 @@ def cmd_parse(args: argparse.Namespace, out: TextIO) -> int:
         try:
             for ev in parse_file(path, limits):
                 printer.event(ev)
-        except RuaSinkError as exc:
+        except MessageError as exc:
             printer.abort_open_report(exc)
             printer.error(exc)
             if printer.reports == 0:

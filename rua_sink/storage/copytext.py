@@ -20,7 +20,7 @@ from collections import Counter
 from datetime import datetime
 from typing import Any
 
-from .core.model import DkimAuth, Record, SpfAuth
+from rua_sink.core.model import DkimAuth, Record, SpfAuth
 
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"})
 _ELEMENT_QUOTE = re.compile(r'[{}",\\\s]')

@@ -23,11 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+from rua_sink.errors import DatabaseError
+
 EMBEDDED_DB = "rua_sink"
-
-
-class DatabaseError(Exception):
-    """The database could not be found, started or reached."""
 
 
 def configured_url(env: dict[str, str] | os._Environ[str]) -> str | None:

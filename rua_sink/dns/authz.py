@@ -23,7 +23,6 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import TypeVar
 
 import dns.asyncresolver
@@ -34,23 +33,10 @@ import dns.rdatatype
 import dns.resolver
 from publicsuffixlist import PublicSuffixList
 
-from .core.aggregate import domain as a_label
-from .ttlcache import TtlCache
-
-
-class Verdict(StrEnum):
-    AUTHORIZED = "authorized"  # the destination's DNS says so
-    SAME_ORGANIZATION = "same_organization"  # no check needed (RFC 7489 7.1)
-    ALLOW_LIST = "allow_list"  # configured: RUA_SINK_AUTHORIZED_DOMAINS
-    NOT_AUTHORIZED = "not_authorized"
-
-    @property
-    def allowed(self) -> bool:
-        return self is not Verdict.NOT_AUTHORIZED
-
-
-class AuthorizationUnavailable(Exception):
-    """DNS could not answer now (SERVFAIL, timeout): try again later."""
+from rua_sink.core.aggregate import domain as a_label
+from rua_sink.dns.ttlcache import TtlCache
+from rua_sink.errors import AuthorizationUnavailable
+from rua_sink.outcomes import Verdict
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,16 +26,13 @@ from collections import Counter
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import IO, Any, TypeVar
 
-from .copytext import prefixed, record_line, report_prefix
-from .core.errors import NotAReport, Reason, RuaSinkError, UnsignedReport
-from .core.failure import exim_text
-from .core.fanout import Fanout
-from .core.limits import Limits
-from .core.mime import leading_header_block
-from .core.model import (
+from rua_sink.core.failure import exim_text
+from rua_sink.core.fanout import Fanout
+from rua_sink.core.limits import Limits
+from rua_sink.core.mime import leading_header_block
+from rua_sink.core.model import (
     AggregateEnd,
     AggregateReport,
     Event,
@@ -47,12 +44,21 @@ from .core.model import (
     ReportType,
     TlsReport,
 )
-from .core.pipeline import parse_stream
-from .mailauth import MAX_HEADER_BYTES, AuthPolicy, AuthUnavailable, MailAuth
-from .store import (
+from rua_sink.core.pipeline import parse_stream
+from rua_sink.dns.mailauth import MAX_HEADER_BYTES, AuthPolicy, MailAuth
+from rua_sink.errors import (
+    AuthenticationUnavailable,
+    MessageError,
+    MissingPartition,
+    NotAReport,
+    Reason,
+    UnsignedReport,
+)
+from rua_sink.outcomes import Outcome, RawStatus
+from rua_sink.storage.copytext import prefixed, record_line, report_prefix
+from rua_sink.storage.store import (
     Conn,
     Envelope,
-    MissingPartition,
     RawMessage,
     Store,
     epoch,
@@ -60,13 +66,6 @@ from .store import (
     reporter_key,
     unpack_archived,
 )
-
-
-class Outcome(StrEnum):
-    STORED = "stored"  # at least one new report, nothing failed
-    DUPLICATE = "duplicate"  # every report (or the very same message) was stored before
-    QUARANTINED = "quarantined"  # a report-like part failed: raw message kept with the reason
-    NOT_A_REPORT = "not_a_report"  # nothing report-like in the message
 
 
 @dataclass(slots=True)
@@ -103,7 +102,7 @@ class IngestResult:
     reprocessed: bool = False
     #: For a message whose very bytes were stored before: what became of them
     #: (``stored``, ``quarantined``, ``not_a_report``)
-    archived_status: str | None = None
+    archived_status: RawStatus | None = None
 
 
 #: Called with each report's type and policy domains before it is stored; returns the
@@ -320,7 +319,7 @@ class Ingester:
         version did not store it as reports. Then it is read again, as
         ``rua-sink reprocess`` would, with this arrival's authentication verdicts."""
         archived = await self.store.archived(conn, raw.sha256)
-        if archived is None or archived.status == "stored" or not archived.older:
+        if archived is None or archived.status is RawStatus.STORED or not archived.older:
             status = None if archived is None else archived.status
             return IngestResult(Outcome.DUPLICATE, None, archived_status=status)
         await self.store.clear_reports(conn, archived.id)
@@ -417,7 +416,7 @@ class Ingester:
         run = _Run(self, conn, result, authorize, envelope.auth)
         run.require_signed = require_signed
         name = _name(envelope)
-        status, reason, detail = "stored", None, None
+        status, reason, detail = RawStatus.STORED, None, None
         limits = self.limits
         try:
             if inline is not None or _size(file) <= INLINE_BYTES:
@@ -439,21 +438,22 @@ class Ingester:
                 result.parse_seconds += sum(cpu)
         except NotAReport as exc:
             result.outcome = Outcome.NOT_A_REPORT
-            status, reason, detail = "not_a_report", exc.reason, exc.detail
-        except RuaSinkError as exc:  # about the whole message: a cap, its structure
+            status, reason, detail = RawStatus.NOT_A_REPORT, exc.reason, exc.detail
+        except MessageError as exc:  # about the whole message: a cap, its structure
             await run.abandon()
             result.outcome = Outcome.QUARANTINED
-            status, reason, detail = "quarantined", exc.reason, exc.detail
+            status, reason, detail = RawStatus.QUARANTINED, exc.reason, exc.detail
         if result.outcome is Outcome.STORED and run.failures:
             first = run.failures[0].error
             result.outcome = Outcome.QUARANTINED
-            status, reason, detail = "quarantined", first.reason, first.detail
+            status, reason, detail = RawStatus.QUARANTINED, first.reason, first.detail
         elif result.outcome is Outcome.STORED and result.reports_new == 0:
             result.outcome = Outcome.DUPLICATE
         result.parts_failed = len(run.failures)
         result.reason = reason
         result.detail = detail
-        if status != "stored" or reprocessing:  # a new raw message is inserted as stored
+        # a new raw message is inserted as stored
+        if status is not RawStatus.STORED or reprocessing:
             await self.store.set_status(conn, raw_id, status, reason, detail)
         if run.failure_report is not None and not self.failure_keep_body:
             file.seek(0)
@@ -745,7 +745,7 @@ class _Run(_Tally):
             contact = (ev.contact_info or "").rpartition("@")[2]
             if not self.auth.signed_by((self.auth.from_domain or "", contact)):
                 if self.auth.dkim_temporary:
-                    raise AuthUnavailable("DKIM key lookup failed")
+                    raise AuthenticationUnavailable("DKIM key lookup failed")
                 unsigned = UnsignedReport("no valid DKIM signature of the reporter")
                 self._quarantine(PartFailed(ev.part, unsigned), str(ReportType.TLSRPT))
                 return

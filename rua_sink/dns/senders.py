@@ -19,7 +19,7 @@ replica that died is not lost, and that is also how a temporary DNS error is ret
 lookup older than ``refresh`` is done again.
 
 Outcomes: NXDOMAIN or an empty answer for the PTR is "no name" (a complete lookup);
-SERVFAIL, a timeout or another DNS error is ``Unavailable``, stored in ``lookup_error`` and
+SERVFAIL, a timeout or another DNS error is ``Unanswered``, stored in ``lookup_error`` and
 tried again later.
 """
 
@@ -43,11 +43,11 @@ import dns.rdatatype
 import dns.resolver
 import dns.reversename
 
-from . import logs
-from .authz import organizational_domain
-from .config import ConfigError
-from .core.aggregate import domain as a_label
-from .ttlcache import TtlCache
+from rua_sink import logs
+from rua_sink.core.aggregate import domain as a_label
+from rua_sink.dns.authz import organizational_domain
+from rua_sink.dns.ttlcache import TtlCache
+from rua_sink.errors import ServicesFileError
 
 log = logs.get("rua_sink.senders")
 
@@ -58,14 +58,10 @@ T = TypeVar("T")
 MAX_NAMES = 5
 
 
-class ServicesFileError(ConfigError):
-    """A services mapping file that cannot be read or holds what rua-sink cannot use."""
-
-
 class ServiceMap:
     """Domain name suffix -> service; the longest suffix matching on label boundaries wins.
 
-    The mapping shipped in ``rua_sink/services.toml``, with a user's file (same format)
+    The mapping shipped in ``rua_sink/dns/services.toml``, with a user's file (same format)
     laid over it: its entries add to and replace the shipped ones, and an empty service
     removes a suffix's label.
     """
@@ -75,8 +71,8 @@ class ServiceMap:
 
     @classmethod
     def load(cls, user_file: str | Path | None = None) -> ServiceMap:
-        shipped = resources.files("rua_sink").joinpath("services.toml").read_text("utf-8")
-        entries = _entries(shipped, "rua_sink/services.toml")
+        shipped = resources.files("rua_sink.dns").joinpath("services.toml").read_text("utf-8")
+        entries = _entries(shipped, "rua_sink/dns/services.toml")
         if user_file:
             try:
                 text = Path(user_file).read_text("utf-8")
@@ -129,7 +125,7 @@ class Identity:
 
 
 @dataclass(frozen=True, slots=True)
-class Unavailable:
+class Unanswered:
     """DNS could not answer now (SERVFAIL, timeout): look the address up again later."""
 
     detail: str
@@ -348,7 +344,7 @@ class SenderIdentifier:
         found: list[tuple[str, str | None, bool | None, str | None, str | None]] = []
         failed: list[tuple[str, str]] = []
         for ip, result in zip(ips, await asyncio.gather(*map(self.resolve, ips)), strict=True):
-            if isinstance(result, Unavailable):
+            if isinstance(result, Unanswered):
                 tally.failed += 1
                 failed.append((ip, result.detail[:500]))
                 continue
@@ -374,7 +370,7 @@ class SenderIdentifier:
         organizational domain labels every name under it."""
         return self.services.lookup(name)
 
-    async def resolve(self, ip: str) -> Identity | Unavailable:
+    async def resolve(self, ip: str) -> Identity | Unanswered:
         """The PTR name of ``ip`` and whether it is forward-confirmed (cached in-process
         for ``cache_ttl`` seconds; temporary errors are not cached)."""
         hit = self._cache.get(ip)
@@ -386,7 +382,7 @@ class SenderIdentifier:
             self._cache.put(ip, result, self._cache_ttl)
         return result
 
-    async def _resolve(self, ip: str) -> Identity | Unavailable:
+    async def _resolve(self, ip: str) -> Identity | Unanswered:
         address = ip_address(ip)
         try:
             answer = await self.resolver.resolve(
@@ -395,7 +391,7 @@ class SenderIdentifier:
         except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
             return Identity()
         except dns.exception.DNSException as exc:
-            return Unavailable(f"PTR {ip}: {_describe(exc)}")
+            return Unanswered(f"PTR {ip}: {_describe(exc)}")
         names = sorted(
             {
                 name
@@ -420,7 +416,7 @@ class SenderIdentifier:
             if any(ip_address(r.address) == address for r in forward if r.rdtype == forward.rdtype):
                 return self._named(name, confirmed=True)
         if trouble is not None:  # a name not checked might have confirmed: decide later
-            return Unavailable(trouble)
+            return Unanswered(trouble)
         return self._named(names[0], confirmed=False)
 
     def _named(self, name: str, *, confirmed: bool) -> Identity:

@@ -23,10 +23,12 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 import asyncpg
 import asyncpg.pool
 
-from .copytext import is_inet
-from .core.model import AggregateEnd, AggregateReport, FailureReport, Record, TlsReport
-from .core.version import PARSER_VERSION
-from .mailauth import MailAuth
+from rua_sink.core.model import AggregateEnd, AggregateReport, FailureReport, Record, TlsReport
+from rua_sink.core.version import PARSER_VERSION
+from rua_sink.dns.mailauth import MailAuth
+from rua_sink.errors import MissingPartition
+from rua_sink.outcomes import RawStatus
+from rua_sink.storage.copytext import is_inet
 
 if TYPE_CHECKING:
     #: A connection, or one borrowed from a pool (the stubs make both generic).
@@ -152,17 +154,9 @@ class Archived:
     parser version read it."""
 
     id: int
-    status: str
+    status: RawStatus
     reason: str | None
     older: bool
-
-
-class MissingPartition(Exception):
-    """A record batch needs a monthly partition that does not exist yet."""
-
-    def __init__(self, month: datetime) -> None:
-        super().__init__(partition_name(month))
-        self.month = month
 
 
 _RAW_COLUMNS = (
@@ -446,7 +440,7 @@ class Store:
         )
         if row is None:
             return None
-        return Archived(row["id"], row["status"], row["reason"], row["older"])
+        return Archived(row["id"], RawStatus(row["status"]), row["reason"], row["older"])
 
     @staticmethod
     async def lock_raw(conn: Conn, raw_id: int) -> None:
@@ -475,7 +469,7 @@ class Store:
 
     @staticmethod
     async def set_status(
-        conn: Conn, raw_id: int, status: str, reason: str | None, detail: str | None
+        conn: Conn, raw_id: int, status: RawStatus, reason: str | None, detail: str | None
     ) -> None:
         await conn.execute(
             """
@@ -725,7 +719,7 @@ class Store:
         )
         return [r["id"] for r in rows]
 
-    async def list_raw(self, statuses: Sequence[str], limit: int) -> list[asyncpg.Record]:
+    async def list_raw(self, statuses: Sequence[RawStatus], limit: int) -> list[asyncpg.Record]:
         """The newest raw messages with these statuses, each with the first 16 KiB of its
         gzip'd copy: enough for its header block."""
         return await self.pool.fetch(

@@ -18,14 +18,11 @@ from email.policy import SMTP
 from email.utils import formatdate, make_msgid
 from pathlib import Path
 
-from .core.limits import Limits
-from .core.model import AggregateReport, PartInfo, TlsReport
-from .core.pipeline import default_spool, is_bare_report, parse_file
-from .core.unpack import payloads
-
-
-class SendError(Exception):
-    """The file cannot be sent as a report."""
+from rua_sink.core.limits import Limits
+from rua_sink.core.model import AggregateReport, PartInfo, TlsReport
+from rua_sink.core.pipeline import default_spool, is_bare_report, parse_file
+from rua_sink.core.unpack import payloads
+from rua_sink.errors import SendError
 
 
 def _document(path: Path) -> bytes:

@@ -39,10 +39,10 @@ import dns.rdatatype
 import dns.resolver
 import spf
 
-from .authz import make_sync_resolver, organizational_domain
-from .core.aggregate import domain as a_label
-from .core.mime import Headers, leading_header_block, parse_fields
-from .ttlcache import TtlCache
+from rua_sink.core.aggregate import domain as a_label
+from rua_sink.core.mime import Headers, leading_header_block, parse_fields
+from rua_sink.dns.authz import make_sync_resolver, organizational_domain
+from rua_sink.dns.ttlcache import TtlCache
 
 MAX_SIGNATURES = 5  # DKIM signatures checked per message
 SHARED_BYTES = 1 << 20
@@ -62,10 +62,6 @@ class AuthPolicy(StrEnum):
     OFF = "off"  # nothing checked or recorded; TLS reports need no signature
     FLAG = "flag"  # checked and recorded; unsigned TLS reports quarantined
     REJECT = "reject"  # as flag, and mail that fails DMARC is refused (550 5.7.1)
-
-
-class AuthUnavailable(Exception):
-    """DNS could not answer a check that decides the message's fate: try again later."""
 
 
 @dataclass(frozen=True, slots=True)

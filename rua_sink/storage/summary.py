@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from .store import Conn
+from rua_sink.storage.store import Conn
 
 _TOTALS = """
 SELECT coalesce(sum(message_count), 0) AS messages,

@@ -1,6 +1,6 @@
 """Versioned SQL migrations, applied under a PostgreSQL advisory lock.
 
-Files ``rua_sink/migrations/NNNN_name.sql`` are applied in order, each in its own
+Files ``rua_sink/storage/migrations/NNNN_name.sql`` are applied in order, each in its own
 transaction, and recorded in ``schema_migrations``. The advisory lock makes ten replicas
 starting at once safe: one applies, the others wait and then find nothing to do.
 """
@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from .store import Conn
+from rua_sink.storage.store import Conn
 
 # pg_advisory_lock key: "rua-sink" as an integer, so that other users of the database
 # are unlikely to collide with it.
@@ -33,7 +33,7 @@ def available() -> tuple[Migration, ...]:
     """The migrations this version ships, in order (read from the package once: the
     readiness probe asks for them every few seconds)."""
     found = []
-    for entry in resources.files("rua_sink.migrations").iterdir():
+    for entry in resources.files("rua_sink.storage.migrations").iterdir():
         m = _NAME.match(entry.name)
         if m:
             found.append(Migration(int(m.group(1)), entry.name, entry.read_text("utf-8")))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .core.model import (
+from rua_sink.core.model import (
     AggregateEnd,
     AggregateReport,
     FailureReport,

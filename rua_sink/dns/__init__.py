@@ -1,0 +1,1 @@
+"""DNS: the authorization check, the mail's SPF/DKIM/DMARC, sender identification."""

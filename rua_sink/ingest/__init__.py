@@ -1,0 +1,1 @@
+"""The use case: one message in, its reports verified and stored, one outcome out."""

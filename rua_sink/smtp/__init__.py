@@ -1,0 +1,1 @@
+"""SMTP: the aiosmtpd session, the DATA reader, the replies; and the sending client."""

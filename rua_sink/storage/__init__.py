@@ -1,0 +1,1 @@
+"""PostgreSQL: every SQL statement, the schema's migrations, the embedded server."""
