@@ -42,7 +42,8 @@ CHILD = textwrap.dedent(
     from rua_sink.core.pipeline import parse_stream
     from rua_sink.ingest.ingester import Ingester
     from rua_sink.ingest.parsepool import ParsePool
-    from rua_sink.storage.store import Envelope, Store
+    from rua_sink.storage.store import Store
+    from rua_sink.core.arrival import Envelope
 
     path, url, workers = sys.argv[1], sys.argv[2], int(sys.argv[3])
 

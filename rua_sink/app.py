@@ -26,12 +26,13 @@ import asyncpg
 from rua_sink import __version__, logs
 from rua_sink.config import Settings
 from rua_sink.dns.authz import Authorizer, make_resolver
-from rua_sink.dns.mailauth import AuthPolicy, MailAuthenticator
+from rua_sink.dns.mailauth import MailAuthenticator
 from rua_sink.dns.senders import SenderIdentifier, ServiceMap
 from rua_sink.heap import fix_mmap_threshold
 from rua_sink.ingest.ingester import Ingester
 from rua_sink.ingest.parsepool import ParsePool
 from rua_sink.metrics import Metrics
+from rua_sink.outcomes import AuthPolicy
 from rua_sink.smtp.server import (
     AddressPolicy,
     ReportHandler,

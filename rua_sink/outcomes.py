@@ -67,3 +67,11 @@ class ReplyReason(StrEnum):
     UNKNOWN_RECIPIENT = "unknown_recipient"
     TOO_MANY_RECIPIENTS = "too_many_recipients"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+
+
+class AuthPolicy(StrEnum):
+    """What the checks of report mail decide (``RUA_SINK_REQUIRE_AUTHENTICATED``)."""
+
+    OFF = "off"  # nothing checked or recorded; TLS reports need no signature
+    FLAG = "flag"  # checked and recorded; unsigned TLS reports quarantined
+    REJECT = "reject"  # as flag, and mail that fails DMARC is refused (550 5.7.1)

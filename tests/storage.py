@@ -10,11 +10,12 @@ from typing import TypeVar
 
 import asyncpg
 
+from rua_sink.core.arrival import Envelope
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import AggregateReport, Record
 from rua_sink.core.pipeline import parse_file
 from rua_sink.ingest.ingester import Ingester, IngestResult
-from rua_sink.storage.store import Envelope, Store, reporter_key
+from rua_sink.storage.store import Store, reporter_key
 
 from .conftest import CORPUS
 from .pg import run

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from rua_sink.dns.authz import Authorization, Authorizer, make_resolver, organizational_domain
+from rua_sink.core.names import organizational_domain
+from rua_sink.dns.authz import Authorization, Authorizer, make_resolver
 from rua_sink.errors import AuthorizationUnavailable
 from rua_sink.outcomes import Verdict
 

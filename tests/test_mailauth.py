@@ -9,7 +9,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from rua_sink.dns.mailauth import MailAuth, MailAuthenticator
+from rua_sink.core.arrival import MailAuth
+from rua_sink.dns.mailauth import MailAuthenticator
 
 from .dnsserver import Zone, serving
 from .reports import (

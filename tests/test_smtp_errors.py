@@ -15,11 +15,11 @@ from typing import IO
 
 import pytest
 
+from rua_sink.core.arrival import Envelope
 from rua_sink.core.limits import Limits
 from rua_sink.dns.authz import Authorizer, make_resolver
 from rua_sink.ingest.ingester import Authorize, Ingester, IngestResult
 from rua_sink.smtp.server import AddressPolicy, ReportHandler, ReportSMTP, Sessions
-from rua_sink.storage.store import Envelope
 
 
 class BrokenIngester(Ingester):

@@ -21,17 +21,17 @@ from typing import Any, TextIO
 import asyncpg
 
 from rua_sink import config
+from rua_sink.core.arrival import Envelope
 from rua_sink.core.limits import Limits
 from rua_sink.core.mime import header_text, leading_header_block, parse_fields
-from rua_sink.dns.mailauth import AuthPolicy
 from rua_sink.errors import ConfigError, DatabaseError, Reason
 from rua_sink.ingest import backfill
 from rua_sink.ingest.ingester import Ingester, IngestResult
 from rua_sink.ingest.parsepool import ParsePool
-from rua_sink.outcomes import Outcome, RawStatus
+from rua_sink.outcomes import AuthPolicy, Outcome, RawStatus
 from rua_sink.storage import migrate
 from rua_sink.storage.database import embedded, ensure_database, resolve_url
-from rua_sink.storage.store import Envelope, Store, unpack_archived
+from rua_sink.storage.store import Store, unpack_archived
 
 
 @asynccontextmanager
@@ -288,7 +288,7 @@ def _day(text: str) -> datetime:
 
 
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
-    from rua_sink.core.aggregate import domain as a_label  # noqa: PLC0415
+    from rua_sink.core.names import domain as a_label  # noqa: PLC0415
     from rua_sink.storage.summary import summarize  # noqa: PLC0415
 
     until = args.until or datetime.now(UTC)
@@ -433,11 +433,8 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
 
 def cmd_check_auth(args: argparse.Namespace, out: TextIO) -> int:
     from rua_sink.config import Settings  # noqa: PLC0415
-    from rua_sink.dns.authz import (  # noqa: PLC0415
-        Authorizer,
-        make_resolver,
-        organizational_domain,
-    )
+    from rua_sink.core.names import organizational_domain  # noqa: PLC0415
+    from rua_sink.dns.authz import Authorizer, make_resolver  # noqa: PLC0415
     from rua_sink.errors import AuthorizationUnavailable  # noqa: PLC0415
 
     settings = Settings.from_env(os.environ)

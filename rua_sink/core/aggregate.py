@@ -14,11 +14,9 @@ from __future__ import annotations
 
 import itertools
 import re
-import socket
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, cast
 
-import idna
 from lxml import etree
 
 from rua_sink.core.limits import Limits
@@ -45,6 +43,7 @@ from rua_sink.core.model import (
     Verdict,
     enum_or_verbatim,
 )
+from rua_sink.core.names import domain, ip_address
 from rua_sink.core.xmlclean import XmlCleaner
 from rua_sink.errors import (
     ElementTooLarge,
@@ -95,51 +94,6 @@ def _text(el: Any) -> str | None:
         return None
     text = text.strip(_QUOTES)
     return text or None
-
-
-_domain_cache: dict[str, str | None] = {}
-
-
-def domain(text: str | None) -> str | None:
-    """A domain as an A-label, lower case, without the root dot (SPEC.md H.52)."""
-    if text is None:
-        return None
-    cached = _domain_cache.get(text, "")
-    if cached != "":
-        return cached
-    name = _a_label(text)
-    if len(_domain_cache) < 65536:
-        _domain_cache[text] = name
-    return name
-
-
-def _a_label(text: str) -> str | None:
-    name = text.rstrip(".").lower()
-    if not name.isascii():
-        try:
-            name = idna.encode(name, uts46=True).decode("ascii")
-        except idna.IDNAError:
-            return name  # not a valid IDN: kept as sent
-    return name or None
-
-
-_ip_cache: dict[str, str] = {}
-
-
-def ip_address(text: str) -> str:
-    """Canonical text of an IP address (compressed IPv6, SPEC.md I.65), else verbatim."""
-    cached = _ip_cache.get(text)
-    if cached is not None:
-        return cached
-    family = socket.AF_INET6 if ":" in text else socket.AF_INET
-    try:
-        # inet_ntop writes RFC 5952 text for IPv6, dotted quads for IPv4.
-        canonical = socket.inet_ntop(family, socket.inet_pton(family, text))
-    except (OSError, ValueError):
-        canonical = text
-    if len(_ip_cache) < 65536:
-        _ip_cache[text] = canonical
-    return canonical
 
 
 # Integers as reports write them: ASCII digits, a sign, and a fractional part that

@@ -20,8 +20,8 @@ import email.utils
 import re
 from datetime import UTC
 
-from rua_sink.core.aggregate import domain
 from rua_sink.core.model import FailureReport, PartInfo
+from rua_sink.core.names import domain
 
 _PARSER = email.parser.BytesParser(policy=email.policy.compat32)
 _COMMENT = re.compile(r"\s*\(.*\)\s*$")

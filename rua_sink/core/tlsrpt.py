@@ -13,7 +13,6 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
-from rua_sink.core.aggregate import domain, ip_address
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import (
     PartInfo,
@@ -24,6 +23,7 @@ from rua_sink.core.model import (
     TlsResultType,
     enum_or_verbatim,
 )
+from rua_sink.core.names import domain, ip_address
 from rua_sink.errors import InvalidJson, InvalidReport, JsonTooLarge
 
 

@@ -31,9 +31,9 @@ import dns.name
 import dns.nameserver
 import dns.rdatatype
 import dns.resolver
-from publicsuffixlist import PublicSuffixList
 
-from rua_sink.core.aggregate import domain as a_label
+from rua_sink.core.names import domain as a_label
+from rua_sink.core.names import organizational_domain
 from rua_sink.dns.ttlcache import TtlCache
 from rua_sink.errors import AuthorizationUnavailable
 from rua_sink.outcomes import Verdict
@@ -48,16 +48,6 @@ class Authorization:
 
 _DMARC1 = re.compile(r"^\s*v\s*=\s*DMARC1\s*(;|$)", re.IGNORECASE)
 _TLSRPT1 = re.compile(r"^\s*v\s*=\s*TLSRPTv1\s*(;|$)", re.IGNORECASE)
-
-_psl: PublicSuffixList | None = None
-
-
-def organizational_domain(name: str) -> str:
-    """RFC 7489 3.2: the public suffix plus one label (the name itself if it is one)."""
-    global _psl  # noqa: PLW0603 - the list is loaded once, on first use, and never changes
-    if _psl is None:
-        _psl = PublicSuffixList()
-    return _psl.privatesuffix(name) or name
 
 
 def make_resolver(nameservers: Iterable[str], timeout: float) -> dns.asyncresolver.Resolver:

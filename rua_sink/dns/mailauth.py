@@ -30,7 +30,6 @@ import re
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import IO, Any
 
 import dkim
@@ -39,9 +38,11 @@ import dns.rdatatype
 import dns.resolver
 import spf
 
-from rua_sink.core.aggregate import domain as a_label
+from rua_sink.core.arrival import DkimCheck, MailAuth
 from rua_sink.core.mime import Headers, leading_header_block, parse_fields
-from rua_sink.dns.authz import make_sync_resolver, organizational_domain
+from rua_sink.core.names import domain as a_label
+from rua_sink.core.names import organizational_domain
+from rua_sink.dns.authz import make_sync_resolver
 from rua_sink.dns.ttlcache import TtlCache
 
 MAX_SIGNATURES = 5  # DKIM signatures checked per message
@@ -56,72 +57,6 @@ _DMARC_TAG = re.compile(r"^\s*(adkim|aspf)\s*=\s*([rs])\s*$", re.IGNORECASE)
 _DKIM_LOG = logging.getLogger("rua_sink.dkim")
 _DKIM_LOG.addHandler(logging.NullHandler())
 _DKIM_LOG.propagate = False
-
-
-class AuthPolicy(StrEnum):
-    OFF = "off"  # nothing checked or recorded; TLS reports need no signature
-    FLAG = "flag"  # checked and recorded; unsigned TLS reports quarantined
-    REJECT = "reject"  # as flag, and mail that fails DMARC is refused (550 5.7.1)
-
-
-@dataclass(frozen=True, slots=True)
-class DkimCheck:
-    domain: str
-    selector: str
-    #: pass | fail | permerror | temperror | none (not checked: too large)
-    result: str
-
-
-@dataclass(frozen=True, slots=True)
-class MailAuth:
-    """The verdicts on one message, as stored in ``raw_messages``."""
-
-    from_domain: str | None
-    spf: str  # pass | fail | softfail | neutral | none | temperror | permerror
-    spf_domain: str | None
-    dkim: tuple[DkimCheck, ...] = ()
-    dkim_aligned: bool = False
-    spf_aligned: bool = False
-    #: pass | fail | temperror | none (no single From domain to evaluate)
-    dmarc: str = "none"
-
-    @property
-    def authenticated(self) -> bool:
-        return self.dmarc == "pass"
-
-    def signed_by(self, domains: Iterable[str]) -> bool:
-        """A valid DKIM signature of one of ``domains`` or its organization (RFC 8460 3)."""
-        wanted = {organizational_domain(d) for d in domains if d}
-        return any(
-            c.result == "pass" and organizational_domain(c.domain) in wanted for c in self.dkim
-        )
-
-    @property
-    def dkim_temporary(self) -> bool:
-        return any(c.result == "temperror" for c in self.dkim)
-
-    @classmethod
-    def from_row(cls, row: Any) -> MailAuth | None:
-        """Back from the ``auth_*`` columns of ``raw_messages`` (None: not checked)."""
-        if row["auth_dmarc"] is None:
-            return None
-        return cls(
-            from_domain=row["auth_from_domain"],
-            spf=row["auth_spf"],
-            spf_domain=row["auth_spf_domain"],
-            dkim=tuple(
-                DkimCheck(d, s, r)
-                for d, s, r in zip(
-                    row["auth_dkim_domains"],
-                    row["auth_dkim_selectors"],
-                    row["auth_dkim_results"],
-                    strict=True,
-                )
-            ),
-            dkim_aligned=row["auth_dkim_aligned"],
-            spf_aligned=row["auth_spf_aligned"],
-            dmarc=row["auth_dmarc"],
-        )
 
 
 @dataclass

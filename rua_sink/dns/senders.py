@@ -44,8 +44,8 @@ import dns.resolver
 import dns.reversename
 
 from rua_sink import logs
-from rua_sink.core.aggregate import domain as a_label
-from rua_sink.dns.authz import organizational_domain
+from rua_sink.core.names import domain as a_label
+from rua_sink.core.names import organizational_domain
 from rua_sink.dns.ttlcache import TtlCache
 from rua_sink.errors import ServicesFileError
 

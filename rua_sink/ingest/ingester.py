@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import IO, Any, TypeVar
 
+from rua_sink.core.arrival import Envelope, MailAuth
 from rua_sink.core.failure import exim_text
 from rua_sink.core.fanout import Fanout
 from rua_sink.core.limits import Limits
@@ -45,7 +46,7 @@ from rua_sink.core.model import (
     TlsReport,
 )
 from rua_sink.core.pipeline import parse_stream
-from rua_sink.dns.mailauth import MAX_HEADER_BYTES, AuthPolicy, MailAuth
+from rua_sink.dns.mailauth import MAX_HEADER_BYTES
 from rua_sink.errors import (
     AuthenticationUnavailable,
     MessageError,
@@ -54,11 +55,10 @@ from rua_sink.errors import (
     Reason,
     UnsignedReport,
 )
-from rua_sink.outcomes import Outcome, RawStatus
+from rua_sink.outcomes import AuthPolicy, Outcome, RawStatus
 from rua_sink.storage.copytext import prefixed, record_line, report_prefix
 from rua_sink.storage.store import (
     Conn,
-    Envelope,
     RawMessage,
     Store,
     epoch,

@@ -51,10 +51,12 @@ from aiofiles.threadpool.binary import AsyncBufferedIOBase
 from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from rua_sink import logs
+from rua_sink.core.arrival import Envelope as Arrival
+from rua_sink.core.arrival import MailAuth
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import ReportType
 from rua_sink.dns.authz import Authorization, Authorizer
-from rua_sink.dns.mailauth import AuthPolicy, MailAuth, MailAuthenticator
+from rua_sink.dns.mailauth import MailAuthenticator
 from rua_sink.errors import (
     AuthenticationUnavailable,
     AuthorizationUnavailable,
@@ -63,8 +65,7 @@ from rua_sink.errors import (
 )
 from rua_sink.ingest.ingester import Ingester, IngestResult
 from rua_sink.metrics import Metrics
-from rua_sink.outcomes import Outcome, RawStatus, ReplyReason, Verdict
-from rua_sink.storage.store import Envelope as Arrival
+from rua_sink.outcomes import AuthPolicy, Outcome, RawStatus, ReplyReason, Verdict
 
 log = logs.get("rua_sink.smtp")
 

@@ -23,9 +23,9 @@ from typing import IO, TYPE_CHECKING, Any, TypeAlias
 import asyncpg
 import asyncpg.pool
 
+from rua_sink.core.arrival import DkimCheck, Envelope, MailAuth
 from rua_sink.core.model import AggregateEnd, AggregateReport, FailureReport, Record, TlsReport
 from rua_sink.core.version import PARSER_VERSION
-from rua_sink.dns.mailauth import MailAuth
 from rua_sink.errors import MissingPartition
 from rua_sink.outcomes import RawStatus
 from rua_sink.storage.copytext import is_inet
@@ -62,23 +62,6 @@ RECORD_COLUMNS = (
     "spf_human_results",
     "extensions",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """How a message arrived: the SMTP envelope (RFC 5321 3.3), or the file it came from."""
-
-    source: str = "smtp"
-    peer_ip: str | None = None
-    helo: str | None = None
-    mail_from: str | None = None
-    rcpt_to: tuple[str, ...] = ()
-    #: SPF, DKIM and DMARC of the message itself; None when not checked
-    auth: MailAuth | None = None
-
-    @property
-    def authenticated(self) -> bool | None:
-        return None if self.auth is None else self.auth.authenticated
 
 
 @dataclass(frozen=True, slots=True)
@@ -747,7 +730,7 @@ class Store:
             helo=row["helo"],
             mail_from=row["mail_from"],
             rcpt_to=tuple(row["rcpt_to"]),
-            auth=MailAuth.from_row(row),
+            auth=mail_auth_of(row),
         )
         return row["content_gzip"], envelope, row["received_at"]
 
@@ -822,3 +805,26 @@ class Store:
 
 def _inet(text: str | None) -> str | None:
     return text if text is not None and is_inet(text) else None
+
+
+def mail_auth_of(row: Any) -> MailAuth | None:
+    """Back from the ``auth_*`` columns of ``raw_messages`` (None: not checked)."""
+    if row["auth_dmarc"] is None:
+        return None
+    return MailAuth(
+        from_domain=row["auth_from_domain"],
+        spf=row["auth_spf"],
+        spf_domain=row["auth_spf_domain"],
+        dkim=tuple(
+            DkimCheck(d, s, r)
+            for d, s, r in zip(
+                row["auth_dkim_domains"],
+                row["auth_dkim_selectors"],
+                row["auth_dkim_results"],
+                strict=True,
+            )
+        ),
+        dkim_aligned=row["auth_dkim_aligned"],
+        spf_aligned=row["auth_spf_aligned"],
+        dmarc=row["auth_dmarc"],
+    )
