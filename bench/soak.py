@@ -91,30 +91,42 @@ def soak(args: argparse.Namespace, server: Server) -> None:
         for t in senders:
             t.join(timeout=120)
         done.set()
-        steady = [(t, rss) for t, rss in samples if t >= args.warmup]
-        if len(steady) < 3:
-            raise SystemExit("too few samples after the warm-up: make --seconds longer")
-        times, sizes = zip(*steady, strict=True)
-        per_hour = statistics.linear_regression(times, sizes).slope * 3600
-        lat = sorted(latencies)
-        print(
-            f"{i} deliveries at {args.rate:g}/s for {args.seconds:g} s, "
-            f"{sum(failures.values())} failed{f' {dict(failures)}' if failures else ''}; "
-            f"server RSS after warm-up: {steady[0][1]:.1f} -> {steady[-1][1]:.1f} MiB, "
-            f"slope {per_hour:+.1f} MiB/hour"
-        )
-        # The shape of the curve: a heap still warming up flattens, a leak keeps its slope.
-        minutes: dict[int, float] = {}
-        for at, rss in steady:  # the first sample of each minute
-            minutes.setdefault(int(at - args.warmup) // 60, rss)
-        each = " ".join(f"{rss:.1f}" for rss in minutes.values())
-        print(f"server RSS at the start of each minute after warm-up, MiB: {each}")
-        print(
-            f"delivery latency: p50 {statistics.median(lat) * 1000:.1f} ms, "
-            f"p99 {lat[int(len(lat) * 0.99) - 1] * 1000:.1f} ms"
-        )
+        summarize(args, i, samples, latencies, failures)
     finally:
         done.set()
+
+
+def summarize(
+    args: argparse.Namespace,
+    deliveries: int,
+    samples: list[tuple[float, float]],
+    latencies: list[float],
+    failures: Counter[str],
+) -> None:
+    """Prints the RSS slope after warm-up, its shape minute by minute, and the latency."""
+    i = deliveries
+    steady = [(t, rss) for t, rss in samples if t >= args.warmup]
+    if len(steady) < 3:
+        raise SystemExit("too few samples after the warm-up: make --seconds longer")
+    times, sizes = zip(*steady, strict=True)
+    per_hour = statistics.linear_regression(times, sizes).slope * 3600
+    lat = sorted(latencies)
+    print(
+        f"{i} deliveries at {args.rate:g}/s for {args.seconds:g} s, "
+        f"{sum(failures.values())} failed{f' {dict(failures)}' if failures else ''}; "
+        f"server RSS after warm-up: {steady[0][1]:.1f} -> {steady[-1][1]:.1f} MiB, "
+        f"slope {per_hour:+.1f} MiB/hour"
+    )
+    # The shape of the curve: a heap still warming up flattens, a leak keeps its slope.
+    minutes: dict[int, float] = {}
+    for at, rss in steady:  # the first sample of each minute
+        minutes.setdefault(int(at - args.warmup) // 60, rss)
+    each = " ".join(f"{rss:.1f}" for rss in minutes.values())
+    print(f"server RSS at the start of each minute after warm-up, MiB: {each}")
+    print(
+        f"delivery latency: p50 {statistics.median(lat) * 1000:.1f} ms, "
+        f"p99 {lat[int(len(lat) * 0.99) - 1] * 1000:.1f} ms"
+    )
 
 
 if __name__ == "__main__":

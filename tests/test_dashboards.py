@@ -11,6 +11,7 @@ import subprocess
 import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from typing import Any
 import pytest
 
 from rua_sink.core.limits import Limits
+from rua_sink.core.model import Record
 from rua_sink.ingest.ingester import Ingester
 from rua_sink.storage.store import Store
 
@@ -301,17 +303,46 @@ def substitute(sql: str) -> str:
 ALL_TIME = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
 
 
-def test_sql_panels_run_and_agree_with_the_parser(db: str) -> None:
-    dashboard = load(POSTGRES_DASHBOARD)
-    panels = {panel["title"]: target for panel, target in targets(dashboard)}
-    assert len(panels) == len(dashboard["panels"])  # one query a panel, titles unique
-    domain_query = query_text(variables(dashboard)["domain"])
-    assert domain_query == "SELECT DISTINCT policy_domain FROM aggregate_reports ORDER BY 1"
+@dataclass
+class Expected:
+    """What the SQL panels must say, counted from the parser's records."""
 
-    store_corpus(db)
+    failing: Counter[str] = field(default_factory=Counter)
+    reporters: defaultdict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    last: dict[str, datetime] = field(default_factory=dict)
+    by_reporter: Counter[tuple[str, str]] = field(default_factory=Counter)
+    last_by_reporter: dict[tuple[str, str], datetime] = field(default_factory=dict)
+    per_day: defaultdict[datetime, list[int]] = field(
+        default_factory=lambda: defaultdict(lambda: [0, 0])
+    )
+    dispositions: Counter[str] = field(default_factory=Counter)
+
+
+def expected(records: list[tuple[str, Record, datetime]]) -> Expected:
+    e = Expected()
+    for reporter, rec, begin in records:
+        ok = rec.dkim == "pass" or rec.spf == "pass"
+        day = begin.replace(hour=0, minute=0, second=0)
+        e.per_day[day][0 if ok else 1] += rec.count
+        e.dispositions[str(rec.disposition) if rec.disposition else "unknown"] += rec.count
+        if ok:
+            continue
+        ip = rec.source_ip
+        e.failing[ip] += rec.count
+        e.reporters[ip].add(reporter)
+        e.last[ip] = max(begin, e.last.get(ip, begin))
+        e.by_reporter[reporter, ip] += rec.count
+        e.last_by_reporter[reporter, ip] = max(begin, e.last_by_reporter.get((reporter, ip), begin))
+    return e
+
+
+def panel_rows(
+    db: str, domain_query: str, panels: dict[str, Any]
+) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
+    """The domain variable's values and every panel's rows, on the stored corpus plus one
+    broken report (for the quarantine panel: the corpus has none)."""
 
     async def go(store: Store) -> tuple[list[str], dict[str, list[dict[str, Any]]]]:
-        # and one broken report, for the quarantine panel (the corpus has none)
         cut = gz(report_xml(100, report_id="cut"))[:-50]
         ingester = Ingester(store, limits=Limits())
         await ingest_bytes(ingester, message((cut, "application/gzip", "c.xml.gz")))
@@ -322,8 +353,11 @@ def test_sql_panels_run_and_agree_with_the_parser(db: str) -> None:
         }
         return domains, rows
 
-    domains, rows = with_store(db, go)
-    assert DOMAIN in domains and domains == sorted(set(domains))
+    return with_store(db, go)
+
+
+def check_time_series(panels: dict[str, Any], rows: dict[str, list[dict[str, Any]]]) -> None:
+    """Time series panels have rows, with ``time`` first and in order."""
     for title, target in panels.items():
         if target["format"] == "time_series":
             assert rows[title], title
@@ -331,30 +365,25 @@ def test_sql_panels_run_and_agree_with_the_parser(db: str) -> None:
             times = [r["time"] for r in rows[title]]
             assert times == sorted(times), title
 
+
+def test_sql_panels_run_and_agree_with_the_parser(db: str) -> None:
+    dashboard = load(POSTGRES_DASHBOARD)
+    panels = {panel["title"]: target for panel, target in targets(dashboard)}
+    assert len(panels) == len(dashboard["panels"])  # one query a panel, titles unique
+    domain_query = query_text(variables(dashboard)["domain"])
+    assert domain_query == "SELECT DISTINCT policy_domain FROM aggregate_reports ORDER BY 1"
+
+    store_corpus(db)
+
+    domains, rows = panel_rows(db, domain_query, panels)
+    assert DOMAIN in domains and domains == sorted(set(domains))
+    check_time_series(panels, rows)
+
     records = parsed_records(ALL_TIME)
     assert records
 
-    failing: Counter[str] = Counter()
-    reporters: defaultdict[str, set[str]] = defaultdict(set)
-    last: dict[str, datetime] = {}
-    by_reporter: Counter[tuple[str, str]] = Counter()
-    last_by_reporter: dict[tuple[str, str], datetime] = {}
-    per_day: defaultdict[datetime, list[int]] = defaultdict(lambda: [0, 0])
-    dispositions: Counter[str] = Counter()
-    for reporter, rec, begin in records:
-        ok = rec.dkim == "pass" or rec.spf == "pass"
-        day = begin.replace(hour=0, minute=0, second=0)
-        per_day[day][0 if ok else 1] += rec.count
-        dispositions[str(rec.disposition) if rec.disposition else "unknown"] += rec.count
-        if ok:
-            continue
-        ip = rec.source_ip
-        failing[ip] += rec.count
-        reporters[ip].add(reporter)
-        last[ip] = max(begin, last.get(ip, begin))
-        by_reporter[reporter, ip] += rec.count
-        last_by_reporter[reporter, ip] = max(begin, last_by_reporter.get((reporter, ip), begin))
-    assert failing  # the corpus has failing sources for this domain
+    e = expected(records)
+    assert e.failing  # the corpus has failing sources for this domain
 
     def limit(title: str) -> int:
         found = re.search(r"\bLIMIT (\d+)\s*$", panels[title]["rawSql"])
@@ -362,40 +391,40 @@ def test_sql_panels_run_and_agree_with_the_parser(db: str) -> None:
         return int(found[1])
 
     top = rows["Top failing source IPs"]
-    assert len(failing) <= limit("Top failing source IPs")  # nothing cut off
+    assert len(e.failing) <= limit("Top failing source IPs")  # nothing cut off
     assert {(r["source_ip"], r["failing"], r["reporters"], r["last_seen"]) for r in top} == {
-        (ip, n, len(reporters[ip]), last[ip]) for ip, n in failing.items()
+        (ip, n, len(e.reporters[ip]), e.last[ip]) for ip, n in e.failing.items()
     }
-    assert len(top) == len(failing)
+    assert len(top) == len(e.failing)
     assert [r["failing"] for r in top] == sorted((r["failing"] for r in top), reverse=True)
 
     split = rows["Failing sources by reporter"]
-    assert len(by_reporter) <= limit("Failing sources by reporter")
+    assert len(e.by_reporter) <= limit("Failing sources by reporter")
     assert {(r["reporter"], r["source_ip"], r["failing"], r["last_seen"]) for r in split} == {
-        (rep, ip, n, last_by_reporter[rep, ip]) for (rep, ip), n in by_reporter.items()
+        (rep, ip, n, e.last_by_reporter[rep, ip]) for (rep, ip), n in e.by_reporter.items()
     }
-    assert len(split) == len(by_reporter)
-    assert len({r["reporter"] for r in split}) >= 2  # several reporters, so the split matters
+    assert len(split) == len(e.by_reporter)
+    assert len({r["reporter"] for r in split}) >= 2  # several e.reporters, so the split matters
 
     assert {(r["time"], r["passing"], r["failing"]) for r in rows["Messages per day"]} == {
-        (day, p, f) for day, (p, f) in per_day.items()
+        (day, p, f) for day, (p, f) in e.per_day.items()
     }
     assert {(r["time"], float(r["DMARC pass %"])) for r in rows["DMARC pass rate per day"]} == {
-        (day, round(100.0 * p / (p + f), 1)) for day, (p, f) in per_day.items()
+        (day, round(100.0 * p / (p + f), 1)) for day, (p, f) in e.per_day.items()
     }
-    total = sum(p + f for p, f in per_day.values())
-    passing = sum(p for p, _ in per_day.values())
+    total = sum(p + f for p, f in e.per_day.values())
+    passing = sum(p for p, _ in e.per_day.values())
     (summary,) = rows["Summary"]
     assert summary["messages"] == total
     assert float(summary["DMARC pass %"]) == round(100.0 * passing / total, 1)
     assert summary["reporters"] == len({rep for rep, _, _ in records})
     assert summary["sources"] == len({rec.source_ip for _, rec, _ in records})
     assert {(r["disposition"], r["messages"]) for r in rows["Dispositions"]} == set(
-        dispositions.items()
+        e.dispositions.items()
     )
     latest = rows["Latest reports"]
     assert sum(r["messages"] for r in latest) == total
-    assert sum(r["failing"] for r in latest) == sum(failing.values())
+    assert sum(r["failing"] for r in latest) == sum(e.failing.values())
     assert {r["reporter"] for r in latest} == {rep for rep, _, _ in records}
     begins = [r["begin_at"] for r in latest]
     assert begins == sorted(begins, reverse=True)
@@ -405,7 +434,7 @@ def test_sql_panels_run_and_agree_with_the_parser(db: str) -> None:
     assert everyone["sources"] == summary["sources"]
     unknown = rows["Unknown senders failing DMARC"]
     assert {(r["source_ip"], r["failing"], r["ptr_name"]) for r in unknown} == {
-        (ip, n, None) for ip, n in failing.items()
+        (ip, n, None) for ip, n in e.failing.items()
     }
     (kept,) = rows["Quarantined and refused messages (all domains)"]
     assert (kept["status"], kept["reason"], kept["source"]) == (

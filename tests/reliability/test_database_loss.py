@@ -25,29 +25,32 @@ def fragile(server_url: str) -> Iterator[tuple[Server, str]]:
         yield alone
 
 
+async def chaos(server_url: str, name: str, kill: str, stop: threading.Event) -> None:
+    """Kills the server's database sessions again and again, and now and then refuses new
+    ones for half a second, until ``stop``."""
+    conn = await asyncpg.connect(server_url)
+    try:
+        rounds = 0
+        while not stop.is_set():
+            rounds += 1
+            await conn.execute(kill)
+            if rounds % 10 == 0:  # now and then, unreachable for a while
+                await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+                await conn.execute(kill)
+                await asyncio.sleep(0.5)
+                await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+            await asyncio.sleep(0.05)
+    finally:
+        await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        await conn.close()
+
+
 def test_deliveries_survive_database_loss(fragile: tuple[Server, str], server_url: str) -> None:
     srv, name = fragile
     stop = threading.Event()
     kill = terminate_sessions(name)
 
-    async def chaos() -> None:
-        conn = await asyncpg.connect(server_url)
-        try:
-            rounds = 0
-            while not stop.is_set():
-                rounds += 1
-                await conn.execute(kill)
-                if rounds % 10 == 0:  # now and then, unreachable for a while
-                    await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-                    await conn.execute(kill)
-                    await asyncio.sleep(0.5)
-                    await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-                await asyncio.sleep(0.05)
-        finally:
-            await conn.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-            await conn.close()
-
-    chaos_thread = threading.Thread(target=lambda: run(chaos()))
+    chaos_thread = threading.Thread(target=lambda: run(chaos(server_url, name, kill, stop)))
     chaos_thread.start()
     acknowledged: set[str] = set()
     temporary = 0
