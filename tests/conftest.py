@@ -1,4 +1,4 @@
-"""Shared helpers: the real corpus (used in place), event collection, the README's tables,
+"""Shared helpers: the real corpus (used in place), event collection, the tables of the docs,
 and input cut into chunks."""
 
 from __future__ import annotations
@@ -91,9 +91,22 @@ def corpus(rel: str) -> Path:
     return path
 
 
+DOCS = ROOT / "docs"
+
+
+def docs_text() -> str:
+    """The README and every page of docs/, one after the other."""
+    pages = [ROOT / "README.md", *sorted(DOCS.glob("*.md"))]
+    return "\n\n".join(page.read_text() for page in pages)
+
+
 def readme_table(name: str) -> str:
-    """The README's table marked ``<!-- NAME-table ... -->``, to the blank line after it."""
-    text = (ROOT / "README.md").read_text()
+    """The table marked ``<!-- NAME-table ... -->`` in the README or a page of docs/, to the
+    blank line after it; exactly one page may hold it."""
+    pages = [ROOT / "README.md", *DOCS.glob("*.md")]
+    found = [page for page in pages if f"<!-- {name}-table" in page.read_text()]
+    assert len(found) == 1, f"{name}-table is on {len(found)} pages"
+    text = found[0].read_text()
     return text.split(f"<!-- {name}-table")[1].split("\n\n")[0]
 
 

@@ -1,4 +1,4 @@
-"""The README's example SQL runs on the real schema and agrees with the parser."""
+"""The example SQL of docs/database.md runs on the real schema and agrees with the parser."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from .storage import DOMAIN, PERIOD, parsed_records, store_corpus, with_store
 
 
 def readme_queries() -> dict[str, str]:
-    text = (ROOT / "README.md").read_text()
+    text = (ROOT / "docs" / "database.md").read_text()
     found = re.findall(r"<!-- sql: ([^>]+?) -->\n```sql\n(.*?)```", text, re.S)
     return dict(found)
 

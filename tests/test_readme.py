@@ -1,4 +1,5 @@
-"""The README's limits table says what rua_sink/core/limits.py does."""
+"""The docs say what the code does: the limits table (rua_sink/core/limits.py), every
+reason, and every link between the pages."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import pytest
 from rua_sink.core.limits import Limits, parse_size
 from rua_sink.errors import Reason
 
-from .conftest import ROOT, readme_table
+from .conftest import ROOT, docs_text, readme_table
 
 
 def _rows() -> dict[str, tuple[str, str]]:
@@ -32,7 +33,7 @@ def test_every_limit_is_documented_with_its_default() -> None:
 
 
 def test_every_reason_is_documented() -> None:
-    text = (ROOT / "README.md").read_text()
+    text = docs_text()
     for reason in Reason:
         assert f"`{reason.value}`" in text
 
@@ -53,3 +54,28 @@ def test_limits_from_env() -> None:
     limits = Limits.from_env({"RUA_SINK_MAX_RECORDS": "10", "RUA_SINK_OTHER": "x"})
     assert limits.max_records == 10
     assert limits.max_message_bytes == Limits().max_message_bytes
+
+
+def test_every_link_between_pages_resolves() -> None:
+    """Every relative link of the README and docs/ names a page that exists, and an anchor
+    that is one of that page's headings (GitHub's anchors: lower case, spaces to dashes)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    bad = []
+    for page in pages:
+        text = page.read_text()
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue  # http(s), mailto
+            path, _, anchor = target.partition("#")
+            dest = (page.parent / path).resolve() if path else page
+            if not dest.exists():
+                bad.append(f"{page.name}: {target}")
+                continue
+            if anchor and dest.suffix == ".md":
+                headings = re.findall(r"(?m)^#+ (.+)$", dest.read_text())
+                slugs = {
+                    re.sub(r"[^\w\- ]", "", h).strip().lower().replace(" ", "-") for h in headings
+                }
+                if anchor not in slugs:
+                    bad.append(f"{page.name}: {target}")
+    assert not bad, bad

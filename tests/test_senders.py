@@ -214,7 +214,7 @@ def test_user_file_overrides_and_extends(tmp_path: Path) -> None:
 
 
 def test_the_readme_example_file(tmp_path: Path) -> None:
-    text = (ROOT / "README.md").read_text().split("## Sender identification")[1]
+    text = (ROOT / "docs" / "senders.md").read_text()
     user = tmp_path / "services.toml"
     user.write_text(text.split("```toml\n")[1].split("```")[0])
     services = ServiceMap.load(user)
