@@ -27,8 +27,9 @@ from rua_sink import __version__, logs
 from rua_sink.config import Settings
 from rua_sink.dns.authz import Authorizer, make_resolver
 from rua_sink.dns.mailauth import MailAuthenticator
-from rua_sink.dns.senders import SenderIdentifier, ServiceMap
+from rua_sink.dns.senders import ServiceMap
 from rua_sink.heap import fix_mmap_threshold
+from rua_sink.ingest.identify import SenderIdentifier
 from rua_sink.ingest.ingester import Ingester
 from rua_sink.ingest.parsepool import ParsePool
 from rua_sink.metrics import Metrics

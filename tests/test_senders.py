@@ -17,8 +17,9 @@ import pytest
 
 from rua_sink.core.limits import Limits
 from rua_sink.dns.authz import make_resolver
-from rua_sink.dns.senders import Identity, SenderIdentifier, ServiceMap, Tally, Unanswered
+from rua_sink.dns.senders import Identity, ServiceMap, Unanswered
 from rua_sink.errors import ServicesFileError
+from rua_sink.ingest.identify import SenderIdentifier, Tally
 from rua_sink.ingest.ingester import Ingester
 from rua_sink.storage.store import Store
 

@@ -307,8 +307,9 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
 def cmd_identify(args: argparse.Namespace, out: TextIO) -> int:
     from rua_sink.config import Settings  # noqa: PLC0415
     from rua_sink.dns.authz import make_resolver  # noqa: PLC0415
-    from rua_sink.dns.senders import SenderIdentifier, ServiceMap  # noqa: PLC0415
+    from rua_sink.dns.senders import ServiceMap  # noqa: PLC0415
     from rua_sink.errors import ConfigError  # noqa: PLC0415
+    from rua_sink.ingest.identify import SenderIdentifier  # noqa: PLC0415
 
     try:
         settings = Settings.from_env(os.environ)

@@ -15,6 +15,10 @@ Answers are cached for their TTL, failures to answer are not: a temporary DNS er
 ``AuthorizationUnavailable``, which the SMTP layer turns into ``451 4.4.3`` so that the
 sender retries. The Public Suffix List comes from the ``publicsuffixlist`` package, which
 ships the list: nothing is downloaded at run time.
+
+The resolvers on the configured nameservers are made here too (``make_resolver`` for the
+event loop, ``make_sync_resolver`` for the mail checks of ``mailauth``, which run in
+threads).
 """
 
 from __future__ import annotations
@@ -41,6 +45,8 @@ from rua_sink.outcomes import Verdict
 
 @dataclass(frozen=True, slots=True)
 class Authorization:
+    """The answer of one check: the verdict, and the DNS name it rests on."""
+
     verdict: Verdict
     query: str | None = None  # the name looked up, if any
     cached: bool = False
@@ -87,6 +93,9 @@ def _nameserver(spec: str) -> dns.nameserver.Nameserver:
 
 
 class Authorizer:
+    """The DMARC and TLSRPT destination checks, with a TTL cache of the TXT answers and
+    an allow list (``allow``) of domains accepted without a lookup."""
+
     def __init__(
         self,
         *,

@@ -4,8 +4,9 @@ For each message received over SMTP: SPF of the connecting address for the MAIL 
 domain (or the HELO name for a null reverse-path; RFC 7208 2.3, 2.4) with ``pyspf``,
 every DKIM signature (up to ``MAX_SIGNATURES``) with ``dkimpy``, and DMARC alignment of
 the From domain (RFC 7489 3.1, 4.2): the message authenticates when an SPF or DKIM pass
-is aligned with it. ``adkim``/``aspf`` of the From domain's DMARC record are honoured;
-without a record alignment is relaxed.
+is aligned with it. ``adkim``/``aspf`` of the DMARC record of the From domain (or, without
+one, of its organizational domain) are honoured; without a record, or when DNS cannot
+answer for it, alignment is relaxed.
 
 Report mail MUST produce an aligned DMARC pass (RFC 7489 7.2.1.1, RFC 9990 3.5.2), but
 reports can be forged (RFC 9990 8.2), so the verdicts are recorded with every report and
@@ -15,10 +16,11 @@ acted on as ``RUA_SINK_REQUIRE_AUTHENTICATED`` says. TLS reports are different: 
 
 Both libraries are synchronous: the check runs in a worker thread, and DNS goes through
 one dnspython resolver on the configured nameservers (``RUA_SINK_DNS_NAMESERVERS``)
-with its own cache. DKIM needs the whole message in memory (dkimpy hashes the body in
-one piece), so only signed messages are read whole, signed messages over ``max_bytes``
-are not DKIM-checked (result ``none``), and only one message over ``SHARED_BYTES`` is
-checked at a time.
+with its own cache; an SPF result other than ``temperror`` is kept for
+``SPF_CACHE_SECONDS`` per (address, MAIL FROM, HELO). DKIM needs the whole message in
+memory (dkimpy hashes the body in one piece), so only signed messages are read whole,
+signed messages over ``max_bytes`` are not DKIM-checked (result ``none``), and only one
+message over ``SHARED_BYTES`` is checked at a time.
 """
 
 from __future__ import annotations
@@ -121,6 +123,8 @@ spf.DNSLookup = _spf_lookup
 
 
 class MailAuthenticator:
+    """SPF, DKIM and DMARC of one received message (``check``), off the event loop."""
+
     def __init__(
         self,
         *,

@@ -1,0 +1,129 @@
+"""The ``source_hosts`` table: who is behind each source address of the aggregate reports.
+
+For each address in ``aggregate_records.source_ip`` a row holds the name its PTR record
+gives, whether that name is forward-confirmed, the name's organizational domain and a
+service label; what fills them is sender identification (``rua_sink.ingest.identify``).
+
+Replicas share the table. A row is claimed (``claimed_at``) by whoever inserts it
+(``INSERT ... ON CONFLICT DO NOTHING RETURNING``) or takes it with ``UPDATE ... FOR UPDATE
+SKIP LOCKED``; a claim older than ``retry_after`` is taken over, so that the work of a
+replica that died is not lost, and that is also how a temporary DNS error is retried. A
+lookup older than ``refresh`` is due again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import TypeAlias
+
+import asyncpg
+
+#: What a database that fails a statement raises (connection lost, timeout, server error).
+DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+#: A complete lookup of one address: ip, PTR name, forward-confirmed, organizational
+#: domain, service (all but ip None when the address has no name).
+Found: TypeAlias = tuple[str, str | None, bool | None, str | None, str | None]
+
+# Rows are inserted in address order, so that two replicas inserting overlapping sets at
+# once wait for each other instead of deadlocking.
+_CLAIM_NEW_OF_REPORTS = """
+INSERT INTO source_hosts (ip, claimed_at)
+SELECT DISTINCT source_ip, now() FROM aggregate_records
+WHERE report = ANY($1::bigint[]) AND source_ip IS NOT NULL
+ORDER BY 1
+ON CONFLICT (ip) DO NOTHING
+RETURNING host(ip)
+"""
+_DISCOVER_ALL = """
+INSERT INTO source_hosts (ip)
+SELECT DISTINCT r.source_ip FROM aggregate_records r
+WHERE r.source_ip IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM source_hosts h WHERE h.ip = r.source_ip)
+ORDER BY 1
+ON CONFLICT (ip) DO NOTHING
+"""
+_DISCOVER_SINCE = """
+INSERT INTO source_hosts (ip)
+SELECT DISTINCT r.source_ip
+FROM aggregate_reports a
+JOIN aggregate_records r ON r.report = a.id AND r.begin_at = a.begin_at
+WHERE a.stored_at >= $1 AND r.source_ip IS NOT NULL
+ORDER BY 1
+ON CONFLICT (ip) DO NOTHING
+"""
+_CLAIM_DUE = """
+UPDATE source_hosts SET claimed_at = now()
+WHERE ip IN (
+    SELECT ip FROM source_hosts
+    WHERE (looked_up_at IS NULL OR looked_up_at < now() - $1::interval)
+      AND (claimed_at IS NULL OR claimed_at < now() - $2::interval)
+    ORDER BY looked_up_at NULLS FIRST, ip
+    LIMIT $3
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING host(ip)
+"""
+_FOUND = """
+UPDATE source_hosts
+SET ptr_name = $2, ptr_confirmed = $3, org_domain = $4, service = $5,
+    looked_up_at = now(), claimed_at = NULL, lookup_error = NULL
+WHERE ip = $1::inet
+"""
+# claimed_at restarts: the address is tried again once the claim is retry_after old.
+_FAILED = "UPDATE source_hosts SET lookup_error = $2, claimed_at = now() WHERE ip = $1::inet"
+_CONFIRMED_NAMES = "SELECT DISTINCT ptr_name FROM source_hosts WHERE ptr_confirmed"
+_RELABEL = """
+UPDATE source_hosts h SET service = m.service
+FROM unnest($1::text[], $2::text[]) AS m (name, service)
+WHERE h.ptr_confirmed AND h.ptr_name = m.name AND h.service IS DISTINCT FROM m.service
+"""
+
+
+class SourceHosts:
+    """The statements of sender identification on ``source_hosts``; each runs on its own
+    connection of the pool (one statement, one transaction)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self.pool = pool
+
+    async def claim_new(self, report_ids: Sequence[int]) -> list[str]:
+        """Insert, claimed, the source addresses of these reports that have no row yet;
+        returns the addresses inserted."""
+        rows = await self.pool.fetch(_CLAIM_NEW_OF_REPORTS, list(report_ids))
+        return [r[0] for r in rows]
+
+    async def discover(self, since: datetime | None = None) -> None:
+        """Insert, unclaimed, the addresses of records without a row (of reports stored
+        since ``since``, or of all)."""
+        if since is None:
+            await self.pool.execute(_DISCOVER_ALL)
+        else:
+            await self.pool.execute(_DISCOVER_SINCE, since)
+
+    async def claim_due(
+        self, *, refresh: timedelta, retry_after: timedelta, limit: int
+    ) -> list[str]:
+        """Claim at most ``limit`` addresses never looked up or looked up more than
+        ``refresh`` ago, skipping claims younger than ``retry_after``; oldest first."""
+        rows = await self.pool.fetch(_CLAIM_DUE, refresh, retry_after, limit)
+        return [r[0] for r in rows]
+
+    async def found(self, rows: Sequence[Found]) -> None:
+        """Store complete lookups and release their claims."""
+        await self.pool.executemany(_FOUND, rows)
+
+    async def failed(self, rows: Sequence[tuple[str, str]]) -> None:
+        """Store (address, error) of lookups DNS could not answer; the claim restarts."""
+        await self.pool.executemany(_FAILED, rows)
+
+    async def confirmed_names(self) -> list[str]:
+        """Every forward-confirmed name stored."""
+        return [r[0] for r in await self.pool.fetch(_CONFIRMED_NAMES)]
+
+    async def relabel(self, names: Sequence[str], services: Sequence[str | None]) -> int:
+        """Give the forward-confirmed rows of ``names[i]`` the service ``services[i]``;
+        returns how many rows changed."""
+        status = await self.pool.execute(_RELABEL, list(names), list(services))
+        return int(status.split()[-1])
