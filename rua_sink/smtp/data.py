@@ -175,6 +175,21 @@ async def read_data(
 class _Transfer:
     """One DATA transfer, block by block (see ``read_data``)."""
 
+    __slots__ = (
+        "after_crlf",
+        "carry",
+        "carry_limit",
+        "line_len",
+        "line_limit",
+        "no_storage",
+        "pending",
+        "pending_bytes",
+        "size",
+        "size_limit",
+        "too_long",
+        "too_much",
+    )
+
     def __init__(self, line_limit: int, size_limit: int | None, carry_limit: int) -> None:
         self.line_limit = line_limit
         self.size_limit = size_limit
