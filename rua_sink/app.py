@@ -29,18 +29,16 @@ from rua_sink.dns.authz import Authorizer, make_resolver
 from rua_sink.dns.mailauth import MailAuthenticator
 from rua_sink.dns.senders import ServiceMap
 from rua_sink.heap import fix_mmap_threshold
+from rua_sink.ingest.delivery import Delivery
 from rua_sink.ingest.identify import SenderIdentifier
 from rua_sink.ingest.ingester import Ingester
 from rua_sink.ingest.parsepool import ParsePool
 from rua_sink.metrics import Metrics
 from rua_sink.outcomes import AuthPolicy
-from rua_sink.smtp.server import (
-    AddressPolicy,
-    ReportHandler,
-    ReportSMTP,
-    Sessions,
-    remove_stale_spools,
-)
+from rua_sink.smtp.data import remove_stale_spools
+from rua_sink.smtp.handler import ReportHandler
+from rua_sink.smtp.policy import AddressPolicy, Sessions
+from rua_sink.smtp.session import ReportSMTP
 from rua_sink.storage import migrate
 from rua_sink.storage.database import ensure_database
 from rua_sink.storage.store import Store
@@ -101,8 +99,7 @@ class App:
             observe=lambda result: lookups.labels(result).inc(),
         )
         parse_pool = ParsePool(settings.parse_workers)
-        handler = ReportHandler(
-            addresses=AddressPolicy(settings.addresses + settings.failure_addresses),
+        delivery = Delivery(
             ingester=Ingester(
                 store,
                 limits=settings.limits,
@@ -112,8 +109,6 @@ class App:
             ),
             authorizer=authorizer,
             reject_unauthorized=settings.unauthorized == "reject",
-            max_recipients=settings.max_recipients,
-            metrics=metrics,
             authenticator=MailAuthenticator(
                 nameservers=settings.dns_nameservers,
                 timeout=settings.dns_timeout,
@@ -121,6 +116,12 @@ class App:
             ),
             auth_policy=AuthPolicy(settings.require_authenticated),
             on_stored=identifier.notify,
+        )
+        handler = ReportHandler(
+            addresses=AddressPolicy(settings.addresses + settings.failure_addresses),
+            delivery=delivery,
+            max_recipients=settings.max_recipients,
+            metrics=metrics,
         )
         sessions = Sessions(settings.max_sessions, settings.max_sessions_per_ip)
         return cls(

@@ -17,7 +17,7 @@ from rua_sink.core.model import FailureReport
 from rua_sink.core.pipeline import parse_file
 from rua_sink.ingest.ingester import Ingester, IngestResult
 from rua_sink.outcomes import Outcome
-from rua_sink.smtp.server import REPLY_DUPLICATE, REPLY_STORED
+from rua_sink.smtp.replies import REPLY_DUPLICATE, REPLY_STORED
 from rua_sink.storage import migrate
 from rua_sink.storage.store import Store
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rua_sink.smtp.server import read_data
+from rua_sink.smtp.data import read_data
 
 from .reports import report_message, report_xml
 from .smtpserver import RUA, Server, replies, running_alone, stored

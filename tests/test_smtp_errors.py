@@ -18,8 +18,11 @@ import pytest
 from rua_sink.core.arrival import Envelope
 from rua_sink.core.limits import Limits
 from rua_sink.dns.authz import Authorizer, make_resolver
+from rua_sink.ingest.delivery import Delivery
 from rua_sink.ingest.ingester import Authorize, Ingester, IngestResult
-from rua_sink.smtp.server import AddressPolicy, ReportHandler, ReportSMTP, Sessions
+from rua_sink.smtp.handler import ReportHandler
+from rua_sink.smtp.policy import AddressPolicy, Sessions
+from rua_sink.smtp.session import ReportSMTP
 
 
 class BrokenIngester(Ingester):
@@ -40,10 +43,12 @@ def port() -> Iterator[int]:
     loop = asyncio.new_event_loop()
     handler = ReportHandler(
         addresses=AddressPolicy(["dmarc@rua.example.net"]),
-        # no store: ingest fails before it would use one
-        ingester=BrokenIngester(None, limits=Limits()),  # type: ignore[arg-type]
-        authorizer=Authorizer(resolver=make_resolver(["127.0.0.1:9"], 1), allow=["*"]),
-        reject_unauthorized=True,
+        delivery=Delivery(
+            # no store: ingest fails before it would use one
+            ingester=BrokenIngester(None, limits=Limits()),  # type: ignore[arg-type]
+            authorizer=Authorizer(resolver=make_resolver(["127.0.0.1:9"], 1), allow=["*"]),
+            reject_unauthorized=True,
+        ),
         max_recipients=5,
     )
     sessions = Sessions(10, 10)

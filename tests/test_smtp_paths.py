@@ -10,7 +10,7 @@ from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rua_sink.smtp.server import plain_path
+from rua_sink.smtp.policy import plain_path
 
 from .reports import report_message
 from .smtpserver import RUA, Server, send, stored

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from rua_sink.smtp.server import SPOOL_PREFIX
+from rua_sink.smtp.data import SPOOL_PREFIX
 
 from .procs import descendants
 from .reports import report_message

@@ -1,1 +1,3 @@
-"""SMTP: the aiosmtpd session, the DATA reader, the replies; and the sending client."""
+"""SMTP: ``session`` (the aiosmtpd protocol), ``data`` (the DATA reader and its spool),
+``policy`` (addresses, connection limits), ``handler`` (RCPT, the hand-over of each message
+to ``ingest.delivery``), ``replies`` (every reply, one table); and ``client`` (rua-sink send)."""
