@@ -88,18 +88,17 @@ _RECORD_CODES = {
 RECORD_NAMES = frozenset(_RECORD_CODES)
 
 
-class _TagCodes(dict[Any, int | None]):
-    """Codes by full tag (namespace included), learned on first sight: one lookup per
-    element. Capped, since tags come from the sender."""
-
-    def __missing__(self, tag: Any) -> int | None:
-        code = _RECORD_CODES.get(local_name(tag))
-        if isinstance(tag, str) and len(self) < 4096:
-            self[tag] = code
-        return code
+_TAG_CODES: dict[Any, int | None] = {}
 
 
-_TAG_CODES = _TagCodes()
+def _code(tag: Any) -> int | None:
+    """The code of a tag not seen before, learned (up to a cap: tags come from the
+    sender)."""
+    code = _RECORD_CODES.get(local_name(tag))
+    if isinstance(tag, str) and len(_TAG_CODES) < 4096:
+        _TAG_CODES[tag] = code
+    return code
+
 
 # Where each field of a dkim/spf result under auth_results goes in its list
 # [code, domain, selector or scope, result, human_result, ignored]: by field code, and
@@ -126,21 +125,25 @@ def record_of(el: Any, max_depth: int) -> Record:
     reasons: list[list[Any]] = []  # [type, comment]
     results: list[list[Any]] = []  # see _RESULT_SLOT
     extensions: list[str] = []
-    current: list[Any] | None = None
+    # The result the fields under auth_results go to; before any, a list never read.
+    nowhere: list[Any] = [None] * 6
+    current = nowhere
     reason: list[Any] | None = None
     in_auth = False
     walk = el.iter()
     next(walk)  # the record itself
     seen = 0
     for seen, c in enumerate(walk, 1):  # noqa: B007 - seen is read after the loop
-        code = codes[c.tag]
+        try:
+            code = codes[c.tag]  # a plain dict's subscript: the fastest lookup there is
+        except KeyError:
+            code = _code(c.tag)
         if code is None:
-            if c.getparent() is el and isinstance(c.tag, str):  # RFC 9990 3.2: <any>
-                extensions.append(_extension(c, walk, max_depth))
+            _unknown(c, el, walk, max_depth, extensions)
             continue
         if code <= 0:
             in_auth = code == _AUTH_SECTION
-            current = reason = None
+            current, reason = nowhere, None
             continue
         t = c.text
         if t is not None:
@@ -149,7 +152,7 @@ def record_of(el: Any, max_depth: int) -> Record:
             if code == _DKIM or code == _SPF:
                 current = [code, None, None, None, None, None]
                 results.append(current)
-            elif current is not None:
+            else:
                 current[_RESULT_SLOT[code]] = t
         elif code == _REASON:
             reason = [None, None]
@@ -164,13 +167,15 @@ def record_of(el: Any, max_depth: int) -> Record:
     return _record(fields, reasons, results, extensions)
 
 
-def _extension(el: Any, walk: Any, max_depth: int) -> str:
-    """An unknown child of a record, kept raw; the walk skips its subtree."""
-    check_depth(el, 3, max_depth)
-    raw = serialize(el)
-    for _ in el.iterdescendants():
+def _unknown(node: Any, record: Any, walk: Any, max_depth: int, extensions: list[str]) -> None:
+    """An element of no known name: a child of the record is kept raw (RFC 9990 3.2:
+    <any>), and the walk skips its subtree; one deeper is ignored."""
+    if node.getparent() is not record or not isinstance(node.tag, str):
+        return
+    check_depth(node, 3, max_depth)
+    extensions.append(serialize(node))
+    for _ in node.iterdescendants():
         next(walk)
-    return raw
 
 
 def _record(
@@ -199,21 +204,20 @@ def _record(
         envelope_to=domain(fields[_ENVELOPE_TO]),
         # list comprehensions: cheaper than generators for the one or two items of each
         dkim_results=tuple(
-            [DkimAuth(domain(r[1]), r[2], _result(r[3]), r[4]) for r in results if r[0] == _DKIM]
+            [
+                DkimAuth(domain(r[1]), r[2], _AUTH.get(r[3]) or _enum(_AUTH, r[3]), r[4])
+                for r in results
+                if r[0] == _DKIM
+            ]
         ),
         spf_results=tuple(
             [
-                SpfAuth(domain(r[1]), _enum(_SCOPE, r[2]), _result(r[3]), r[4])
+                SpfAuth(
+                    domain(r[1]), _enum(_SCOPE, r[2]), _AUTH.get(r[3]) or _enum(_AUTH, r[3]), r[4]
+                )
                 for r in results
                 if r[0] == _SPF
             ]
         ),
         extensions=tuple(extensions),
     )
-
-
-def _result(text: str | None) -> Any:
-    """An auth result (RFC 7489 App. C ``DKIMResultType``, ``SPFResultType``)."""
-    if text is None:
-        return None
-    return _AUTH.get(text) or _enum(_AUTH, text)
