@@ -9,15 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rua_sink.core.headers import Headers, parse_fields
 from rua_sink.core.limits import Limits
-from rua_sink.core.mime import (
-    FailedPart,
-    Headers,
-    MimeWalker,
-    SpooledPart,
-    WalkResult,
-    parse_fields,
-)
+from rua_sink.core.mime import FailedPart, MimeWalker, SpooledPart, WalkResult
 from rua_sink.core.pipeline import default_spool, parse_message
 from rua_sink.errors import NotAReport, TransferEncodingError
 

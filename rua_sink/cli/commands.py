@@ -22,8 +22,8 @@ import asyncpg
 
 from rua_sink import config
 from rua_sink.core.arrival import Envelope
+from rua_sink.core.headers import header_text, leading_header_block, parse_fields
 from rua_sink.core.limits import Limits
-from rua_sink.core.mime import header_text, leading_header_block, parse_fields
 from rua_sink.errors import ConfigError, DatabaseError, Reason
 from rua_sink.ingest import backfill
 from rua_sink.ingest.ingester import Ingester, IngestResult

@@ -33,8 +33,9 @@ from xml.sax.saxutils import quoteattr
 
 from lxml import etree
 
-from rua_sink.core import aggregate
 from rua_sink.core.model import Record, RecordBatch
+from rua_sink.core.records import record_of
+from rua_sink.core.xmltree import local_name, new_tree_parser
 
 MiB = 1024 * 1024
 
@@ -88,12 +89,12 @@ def _segment_records(
 ) -> list[Record]:
     # A segment is small: parsed whole, without the pull parser's events, it parses
     # faster (libxml2's limits, such as its nesting cap, are the same).
-    root = etree.fromstring(root_start + segment + root_end, aggregate.new_tree_parser())
+    root = etree.fromstring(root_start + segment + root_end, new_tree_parser())
     records: list[Record] = []
     for el in root:
-        if not isinstance(el.tag, str) or aggregate.local_name(el.tag) != "record":
+        if not isinstance(el.tag, str) or local_name(el.tag) != "record":
             raise _Ineligible("a top-level element other than a record")
-        records.append(aggregate.record_of(el, max_depth))
+        records.append(record_of(el, max_depth))
     return records
 
 

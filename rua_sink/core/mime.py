@@ -2,9 +2,9 @@
 
 The message is never held whole. Bytes are scanned for delimiter lines (RFC 2046
 5.1.1) with ``bytes.find``; body bytes between them are transfer-decoded as they come
-(RFC 2045 6) and either discarded or written to a spool file once the first
+(RFC 2045 6, ``transfer``) and either discarded or written to a spool file once the first
 ``SNIFF_BYTES`` show that the part is report-like. Only one header block at a time is
-parsed with the standard library, under ``max_header_bytes``.
+held, under ``max_header_bytes``, and read by ``headers``.
 
 A message may nest multiparts and ``message/rfc822`` at any depth up to
 ``max_mime_depth`` (reports forwarded as attachments, SPEC.md I.57); a single-part
@@ -16,23 +16,16 @@ for reports: only its header block is kept.
 
 from __future__ import annotations
 
-import binascii
-import email.errors
-import email.header
-import email.parser
-import email.policy
-import email.utils
-import io
-import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from email.message import Message
 from enum import Enum, auto
-from typing import IO, Any, Protocol
+from typing import IO
 
+from rua_sink.core.headers import Headers, message_info, parse_fields
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import MessageInfo, PartInfo
 from rua_sink.core.sniff import SNIFF_BYTES, is_report_like
+from rua_sink.core.transfer import Decoder, Identity, decoder_for
 from rua_sink.errors import (
     HeaderTooLarge,
     LineTooLong,
@@ -45,276 +38,13 @@ from rua_sink.errors import (
 
 SpoolFactory = Callable[[int], IO[bytes]]
 
-_HEADER_PARSER = email.parser.BytesParser(policy=email.policy.compat32)
 # RFC 2046 5.1.1: boundaries are 1 to 70 characters; "--" before, "--" and LWSP after.
 _MAX_DELIMITER_LINE = 2 + 70 + 2 + 64
 # Captured ARF parts are small by nature (RFC 5965 3); anything larger is cut.
 _MAX_CAPTURE = 64 * 1024
 
 
-# --- transfer decoding (RFC 2045 6) ------------------------------------------------
-
-
-class _Decoder(Protocol):
-    def decode(self, data: bytes) -> bytes: ...
-    def flush(self) -> bytes: ...
-
-
-class _Identity:
-    def decode(self, data: bytes) -> bytes:
-        return data
-
-    def flush(self) -> bytes:
-        return b""
-
-
-_B64_WS = b" \t\r\n\x0b\x0c"
-
-
-class _Base64:
-    """Strict base64 (RFC 2045 6.8), tolerating only a missing final padding."""
-
-    def __init__(self) -> None:
-        self._rest = b""
-
-    def decode(self, data: bytes) -> bytes:
-        data = self._rest + data.translate(None, _B64_WS)
-        cut = len(data) - len(data) % 4
-        self._rest = data[cut:]
-        return self._run(data[:cut])
-
-    def flush(self) -> bytes:
-        rest, self._rest = self._rest, b""
-        if not rest:
-            return b""
-        if len(rest) == 1:
-            raise TransferEncodingError("base64 body ends with a lone character")
-        return self._run(rest + b"=" * (-len(rest) % 4))
-
-    @staticmethod
-    def _run(data: bytes) -> bytes:
-        try:
-            return binascii.a2b_base64(data, strict_mode=True)
-        except binascii.Error as exc:
-            raise TransferEncodingError(f"broken base64: {exc}") from exc
-
-
-_QP_HOLD = 4096
-
-
-class _QuotedPrintable:
-    """RFC 2045 6.7, decoded a whole line at a time so soft breaks are not split."""
-
-    def __init__(self) -> None:
-        self._rest = b""
-
-    def decode(self, data: bytes) -> bytes:
-        data = self._rest + data
-        cut = data.rfind(b"\n") + 1
-        if len(data) - cut > _QP_HOLD:
-            # A long line (RFC 2045 allows 76 characters): decode what cannot be part
-            # of an escape, rather than holding the line.
-            eq = data.rfind(b"=", len(data) - 3)
-            cut = eq if eq >= 0 else len(data)
-        self._rest = data[cut:]
-        return binascii.a2b_qp(data[:cut]) if cut else b""
-
-    def flush(self) -> bytes:
-        rest, self._rest = self._rest, b""
-        return binascii.a2b_qp(rest) if rest else b""
-
-
-def _decoder_for(cte: str) -> _Decoder:
-    if cte == "base64":
-        return _Base64()
-    if cte == "quoted-printable":
-        return _QuotedPrintable()
-    return _Identity()  # 7bit, 8bit, binary, and unknown tokens (RFC 2045 6.4)
-
-
-class _ReadOnly:
-    """The decoder of a text kept only to be read (``report-text``): it is no report, so a
-    transfer-encoding error in it quarantines nothing; the text is dropped instead."""
-
-    def __init__(self, inner: _Decoder, leaf: _Leaf) -> None:
-        self._inner = inner
-        self._leaf = leaf
-
-    def decode(self, data: bytes) -> bytes:
-        try:
-            return self._inner.decode(data)
-        except TransferEncodingError:
-            self._drop()
-            return b""
-
-    def flush(self) -> bytes:
-        try:
-            return self._inner.flush()
-        except TransferEncodingError:
-            self._drop()
-            return b""
-
-    def _drop(self) -> None:
-        self._leaf.mode = _Sink.DISCARD
-        self._leaf.head = bytearray()
-
-
 # --- parts ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Headers:
-    """The fields of one header block that the walk needs."""
-
-    content_type: str
-    boundary: bytes | None
-    report_type: str | None
-    cte: str
-    filename: str | None
-
-    @classmethod
-    def parse(cls, block: bytes) -> Headers:
-        """A part's: the values ``of(parse_fields(block))`` gives, in about two thirds of
-        the time. It reads just the three MIME fields the walk needs, as the email
-        package's parser finds them, and leaves their values to the email package."""
-        msg = Message(policy=email.policy.compat32)
-        for name, value in _mime_fields(block):
-            msg[name] = value
-        return cls.of(msg)
-
-    @classmethod
-    def of(cls, msg: Message) -> Headers:
-        ctype = msg.get_content_type()
-        params = _params(msg, "content-type")
-        boundary = params.get("boundary")
-        report_type = params.get("report-type")
-        cte = header_text(msg, "content-transfer-encoding") or "7bit"
-        filename = _params(msg, "content-disposition").get("filename") or params.get("name")
-        return cls(
-            content_type=ctype,
-            boundary=boundary.encode("utf-8", "replace") if boundary else None,
-            report_type=report_type.lower() if report_type else None,
-            cte=cte.strip().lower(),
-            filename=_decode_words(filename).strip() if filename else None,
-        )
-
-
-def parse_fields(block: bytes) -> Message:
-    """Every field of a header block (a message's own: its subject, its signatures...)."""
-    # compat32 keeps header values as text: the structured parsers of the newer policies
-    # raise on malformed addresses, which reporters' mail may carry.
-    return _HEADER_PARSER.parsebytes(block, headersonly=True)
-
-
-# What the email package's FeedParser takes for a header line (feedparser.headerRE).
-_HEADER_LINE = re.compile(r"From |[\041-\071\073-\176]*:|[\t ]")
-_MIME_FIELDS = ("content-type", "content-transfer-encoding", "content-disposition")
-
-
-def _mime_fields(block: bytes) -> list[tuple[str, str]]:
-    """The first Content-Type, Content-Transfer-Encoding and Content-Disposition fields of
-    a header block, as (name, value) the way ``BytesParser(policy=compat32)`` stores them
-    (feedparser's ``_parsegen`` and ``_parse_headers``, compat32's header_source_parse):
-    the same line splitting, the same end of the header lines, the same unfolding."""
-    # Lines end at CR, LF or CRLF, as in feedparser's StringIO(newline="").
-    lines = io.StringIO(block.decode("ascii", "surrogateescape"), newline="").readlines()
-    fields: dict[str, tuple[str, str]] = {}
-    field: list[str] = []
-
-    def close() -> None:
-        name, _, value = field[0].partition(":")
-        if name.lower() in _MIME_FIELDS and name.lower() not in fields:
-            value = value.lstrip(" \t") + "".join(field[1:])
-            fields[name.lower()] = (name, value.rstrip("\r\n"))
-
-    end = len(lines)
-    for i, line in enumerate(lines):
-        if not _HEADER_LINE.match(line):
-            end = i
-            break
-    for i, line in enumerate(lines[:end]):
-        if line[0] in " \t":
-            if field:
-                field.append(line)
-            continue
-        if field:
-            close()
-            field = []
-        if line.startswith("From "):
-            if i == end - 1 and i > 0:
-                break  # feedparser takes it for the body's first line
-            continue  # an envelope line (first), or a misplaced one
-        if line.find(":") > 0:
-            field = [line]
-    if field:
-        close()
-    return [fields[name] for name in _MIME_FIELDS if name in fields]
-
-
-def _params(msg: Message, header: str) -> dict[str, str]:
-    """A field's parameters by lower-case name, each the value ``Message.get_param``
-    gives (the first of that name, decoded), where it is not empty; {} where the field
-    is missing or beyond repair."""
-    try:
-        params = msg.get_params(header=header)
-    except (ValueError, LookupError, TypeError):  # defects beyond repair
-        return {}
-    first: dict[str, Any] = {}
-    for name, value in params or ():
-        first.setdefault(name.lower(), value)
-    out: dict[str, str] = {}
-    for name, raw in first.items():
-        try:
-            # an RFC 2231 (charset, language, text) triple, or text
-            value = email.utils.collapse_rfc2231_value(raw) if isinstance(raw, tuple) else raw
-        except (ValueError, LookupError, TypeError):
-            continue
-        if value:
-            out[name] = str(value)
-    return out
-
-
-def _decode_words(text: str) -> str:
-    """RFC 2047 encoded-words (subjects, and filenames that use them although RFC 2047
-    5 forbids it in parameters); text that does not decode is kept as it is."""
-    if "=?" not in text:
-        return text
-    try:
-        return str(email.header.make_header(email.header.decode_header(text)))
-    except (email.errors.HeaderParseError, LookupError, UnicodeError, ValueError):
-        return text
-
-
-def leading_header_block(lines: Iterable[bytes], cap: int) -> bytes:
-    """A message's own header block, from its lines (a binary file yields them), up to
-    the blank line that ends it and at most ``cap`` bytes; for ``parse_fields``."""
-    block = bytearray()
-    for line in lines:
-        if line in (b"\r\n", b"\n") or len(block) + len(line) > cap:
-            break
-        block += line
-    return bytes(block)
-
-
-def header_text(msg: Message, name: str) -> str | None:
-    """A header field's value: RFC 2047 decoded, unfolded; None if absent."""
-    value = msg.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):  # an undecodable header object
-        value = str(value)
-    return " ".join(_decode_words(value).split())
-
-
-def message_info(msg: Message) -> MessageInfo:
-    return MessageInfo(
-        subject=header_text(msg, "subject"),
-        from_addr=header_text(msg, "from"),
-        message_id=header_text(msg, "message-id"),
-        date=header_text(msg, "date"),
-        tls_report_domain=header_text(msg, "tls-report-domain"),
-        tls_report_submitter=header_text(msg, "tls-report-submitter"),
-    )
 
 
 @dataclass(slots=True)
@@ -356,7 +86,7 @@ class _Leaf:
 
     __slots__ = ("capture", "decoder", "error", "file", "head", "info", "mode", "size")
 
-    def __init__(self, info: PartInfo, decoder: _Decoder, mode: _Sink, capture: str) -> None:
+    def __init__(self, info: PartInfo, decoder: Decoder, mode: _Sink, capture: str) -> None:
         self.info = info
         self.decoder = decoder
         self.mode = mode
@@ -365,6 +95,33 @@ class _Leaf:
         self.file: IO[bytes] | None = None
         self.size = 0
         self.error: MessageError | None = None
+
+
+class _ReadOnly:
+    """The decoder of a text kept only to be read (``report-text``): it is no report, so a
+    transfer-encoding error in it quarantines nothing; the text is dropped instead."""
+
+    def __init__(self, inner: Decoder, leaf: _Leaf) -> None:
+        self._inner = inner
+        self._leaf = leaf
+
+    def decode(self, data: bytes) -> bytes:
+        try:
+            return self._inner.decode(data)
+        except TransferEncodingError:
+            self._drop()
+            return b""
+
+    def flush(self) -> bytes:
+        try:
+            return self._inner.flush()
+        except TransferEncodingError:
+            self._drop()
+            return b""
+
+    def _drop(self) -> None:
+        self._leaf.mode = _Sink.DISCARD
+        self._leaf.head = bytearray()
 
 
 @dataclass(slots=True)
@@ -491,7 +248,7 @@ class MimeWalker:
             self._next_is_reported_message = False
             info = PartInfo(index=self._parts, content_type="text/rfc822-headers")
             self._out.append(CapturedPart(info, "original-headers", block[:_MAX_CAPTURE]))
-            self._leaf = _Leaf(info, _Identity(), _Sink.DISCARD, "")
+            self._leaf = _Leaf(info, Identity(), _Sink.DISCARD, "")
             return
         ctype = headers.content_type
         if headers.boundary and ctype.startswith("multipart/"):
@@ -513,16 +270,16 @@ class MimeWalker:
             return
         info = PartInfo(index=self._parts, content_type=ctype, filename=headers.filename)
         if ctype == "message/feedback-report":
-            self._leaf = _Leaf(info, _decoder_for(headers.cte), _Sink.CAPTURE, "feedback-report")
+            self._leaf = _Leaf(info, decoder_for(headers.cte), _Sink.CAPTURE, "feedback-report")
         elif ctype == "text/rfc822-headers" and in_arf:
-            self._leaf = _Leaf(info, _decoder_for(headers.cte), _Sink.CAPTURE, "original-headers")
+            self._leaf = _Leaf(info, decoder_for(headers.cte), _Sink.CAPTURE, "original-headers")
         elif ctype == "text/plain" and in_report and not self._report_text_kept:
             # Sniffed like any part; kept (up to _MAX_CAPTURE) if it is not report-like.
             # Whatever the report-type: the text is read only when no feedback part came.
             self._report_text_kept = True
-            self._leaf = _Leaf(info, _decoder_for(headers.cte), _Sink.SNIFF, "report-text")
+            self._leaf = _Leaf(info, decoder_for(headers.cte), _Sink.SNIFF, "report-text")
         else:
-            self._leaf = _Leaf(info, _decoder_for(headers.cte), _Sink.SNIFF, "")
+            self._leaf = _Leaf(info, decoder_for(headers.cte), _Sink.SNIFF, "")
 
     def _scan_body(self, final: bool) -> bool:
         """Emit body bytes up to the next delimiter line; True if one was consumed."""
@@ -561,27 +318,32 @@ class MimeWalker:
             del buf[: line_end + 1]
             self._on_delimiter(*hit)
             return True
-        # No delimiter in the buffer. Keep back whatever could start one.
+        self._emit_undelimited(final)
+        return False
+
+    def _emit_undelimited(self, final: bool) -> None:
+        """No delimiter in the buffer: emit it, but keep back whatever could start one."""
+        buf = self._buf
+        n = len(buf)
         last_nl = buf.rfind(b"\n")
         if final:
-            keep = n
+            upto = n
         elif (
             last_nl >= 0
             and n - last_nl - 1 <= _MAX_DELIMITER_LINE
             and (bytes(buf[last_nl + 1 : last_nl + 3]) in (b"", b"-", b"--"))
         ):
-            keep = last_nl - 1 if last_nl > 0 and buf[last_nl - 1] == 0x0D else last_nl
+            upto = last_nl - 1 if last_nl > 0 and buf[last_nl - 1] == 0x0D else last_nl
         elif (
             self._at_bol
             and last_nl < 0
             and n <= _MAX_DELIMITER_LINE
             and bytes(buf[:2]) in (b"-", b"--")
         ):
-            return False
+            return
         else:
-            keep = n - 1 if buf[-1] == 0x0D else n
-        self._emit_and_keep(keep)
-        return False
+            upto = n - 1 if buf[-1] == 0x0D else n
+        self._emit_and_keep(upto)
 
     def _emit_and_keep(self, upto: int) -> None:
         if upto <= 0:

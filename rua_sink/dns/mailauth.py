@@ -41,7 +41,7 @@ import dns.resolver
 import spf
 
 from rua_sink.core.arrival import DkimCheck, MailAuth
-from rua_sink.core.mime import Headers, leading_header_block, parse_fields
+from rua_sink.core.headers import Headers, leading_header_block, parse_fields
 from rua_sink.core.names import domain as a_label
 from rua_sink.core.names import organizational_domain
 from rua_sink.dns.authz import make_sync_resolver

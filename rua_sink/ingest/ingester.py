@@ -31,8 +31,8 @@ from typing import IO, Any, TypeVar
 from rua_sink.core.arrival import Envelope, MailAuth
 from rua_sink.core.failure import exim_text
 from rua_sink.core.fanout import Fanout
+from rua_sink.core.headers import leading_header_block
 from rua_sink.core.limits import Limits
-from rua_sink.core.mime import leading_header_block
 from rua_sink.core.model import (
     AggregateEnd,
     AggregateReport,
