@@ -57,15 +57,15 @@ from rua_sink.errors import (
 )
 from rua_sink.outcomes import AuthPolicy, Outcome, RawStatus
 from rua_sink.storage.copytext import prefixed, record_line, report_prefix
-from rua_sink.storage.store import (
+from rua_sink.storage.rows import (
     Conn,
     RawMessage,
-    Store,
     epoch,
     month_start,
     reporter_key,
     unpack_archived,
 )
+from rua_sink.storage.store import Store
 
 
 @dataclass(slots=True)
