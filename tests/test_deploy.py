@@ -96,7 +96,11 @@ def test_the_images_install_steps_work(tmp_path: Path) -> None:
     assert json.loads(parsed.stdout)["report_id"] == "5264580628977113351"
     # The migrations travel inside the wheel (the image has no source tree).
     listed = subprocess.run(
-        [str(python), "-c", "from rua_sink import migrate; print(len(migrate.available()))"],
+        [
+            str(python),
+            "-c",
+            "from rua_sink.storage import migrate; print(len(migrate.available()))",
+        ],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -108,7 +112,7 @@ def test_the_images_install_steps_work(tmp_path: Path) -> None:
         [
             str(python),
             "-c",
-            "from rua_sink.senders import ServiceMap\n"
+            "from rua_sink.dns.senders import ServiceMap\n"
             "print(ServiceMap.load().lookup('mail.google.com'))",
         ],
         capture_output=True,
