@@ -15,7 +15,8 @@ from rua_sink.core.limits import Limits
 from rua_sink.core.model import AggregateReport, Record
 from rua_sink.core.pipeline import parse_file
 from rua_sink.ingest.ingester import Ingester, IngestResult
-from rua_sink.storage.store import Store, reporter_key
+from rua_sink.storage.rows import reporter_key
+from rua_sink.storage.store import Store
 
 from .conftest import CORPUS
 from .pg import run

@@ -16,7 +16,7 @@ import pytest
 from rua_sink.core.model import FailureReport
 from rua_sink.core.pipeline import parse_message
 from rua_sink.errors import NotAReport
-from rua_sink.ingest.ingester import redacted_copy
+from rua_sink.ingest.redact import redacted_copy
 from rua_sink.smtp.replies import REPLY_DUPLICATE, REPLY_NOT_A_REPORT, REPLY_STORED
 
 from .conftest import chunks, collect

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from rua_sink.core.model import Event, MessageInfo
-from rua_sink.ingest.ingester import events_in_thread
+from rua_sink.ingest.threads import events_in_thread
 
 from .pg import fetch, scratch_database
 from .procs import cli

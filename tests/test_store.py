@@ -17,7 +17,8 @@ from rua_sink.core.limits import Limits
 from rua_sink.ingest.ingester import READ_AHEAD, Ingester, IngestResult
 from rua_sink.outcomes import Outcome
 from rua_sink.storage import migrate
-from rua_sink.storage.store import Store, reporter_key
+from rua_sink.storage.rows import reporter_key
+from rua_sink.storage.store import Store
 
 from .conftest import CORPUS, INVALID_CASING_SPF_RESULTS
 from .pg import TABLES, run, scratch_database

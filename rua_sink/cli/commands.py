@@ -31,7 +31,8 @@ from rua_sink.ingest.parsepool import ParsePool
 from rua_sink.outcomes import AuthPolicy, Outcome, RawStatus
 from rua_sink.storage import migrate
 from rua_sink.storage.database import embedded, ensure_database, resolve_url
-from rua_sink.storage.store import Store, unpack_archived
+from rua_sink.storage.rows import unpack_archived
+from rua_sink.storage.store import Store
 
 
 @asynccontextmanager

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
-from rua_sink.storage.store import Conn
+from rua_sink.storage.rows import Conn
 
 # pg_advisory_lock key: "rua-sink" as an integer, so that other users of the database
 # are unlikely to collide with it.

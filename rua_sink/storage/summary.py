@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from rua_sink.storage.store import Conn
+from rua_sink.storage.rows import Conn
 
 _TOTALS = """
 SELECT coalesce(sum(message_count), 0) AS messages,
@@ -15,7 +15,7 @@ SELECT coalesce(sum(message_count), 0) AS messages,
 FROM aggregate_records
 WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3
 """
-# The top sources, then what sender identification (rua_sink.senders) knows of them.
+# The top sources, then what sender identification (``dns.senders``) knows of them.
 _SOURCES = """
 WITH top AS (
     SELECT coalesce(host(source_ip), source_ip_text) AS source, min(source_ip) AS ip,
