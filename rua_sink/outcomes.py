@@ -30,6 +30,28 @@ class Outcome(StrEnum):
     NOT_A_REPORT = "not_a_report"  # nothing report-like in the message
 
 
+class DeliveryStatus(StrEnum):
+    """What became of one message delivered by SMTP; each member is one reply (the table
+    of ``smtp.replies``)."""
+
+    STORED = "stored"  # new reports stored
+    REPROCESSED = "reprocessed"  # stored before, not as reports, by an older parser
+    DUPLICATE = "duplicate"  # every report was stored before
+    DUPLICATE_KEPT = "duplicate_kept"  # the very bytes again, kept for review the first time
+    QUARANTINED = "quarantined"  # no report could be parsed: kept for review
+    PARTLY_QUARANTINED = "partly_quarantined"  # reports stored, a part kept for review
+    UNSIGNED = "unsigned"  # a TLS report not signed by its reporter: kept for review
+    NOT_A_REPORT = "not_a_report"  # nothing report-like, nothing kept
+    POSTMASTER = "postmaster"  # nothing report-like, to the postmaster: kept
+    # Refused: nothing stored.
+    UNAUTHENTICATED = "unauthenticated"  # fails DMARC, AuthPolicy.REJECT
+    AUTHENTICATION_TEMPERROR = "authentication_temperror"  # the same, DNS failed
+    UNAUTHORIZED = "unauthorized"  # a policy domain has not authorized us
+    DNS_UNAVAILABLE = "dns_unavailable"  # authorization or DKIM key lookup failed
+    DATABASE_UNAVAILABLE = "database_unavailable"
+    INTERNAL_ERROR = "internal_error"  # a bug: ``Delivered.error`` holds it
+
+
 class Verdict(StrEnum):
     """The external-destination check of one report (RFC 9990 4), stored with it
     (``authz_verdict``)."""

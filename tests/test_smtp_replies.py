@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import re
 
-from rua_sink.ingest.delivery import DeliveryStatus
-from rua_sink.outcomes import ReplyReason
+from rua_sink.outcomes import DeliveryStatus, ReplyReason
 from rua_sink.smtp import replies
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
-from enum import StrEnum
 from typing import IO
 
 import asyncpg
@@ -41,28 +40,7 @@ from rua_sink.errors import (
     Reason,
 )
 from rua_sink.ingest.ingester import Authorize, Ingester, IngestResult
-from rua_sink.outcomes import AuthPolicy, Outcome, RawStatus, Verdict
-
-
-class DeliveryStatus(StrEnum):
-    """What became of one delivered message; each member is one reply (``smtp.replies``)."""
-
-    STORED = "stored"  # new reports stored
-    REPROCESSED = "reprocessed"  # stored before, not as reports, by an older parser
-    DUPLICATE = "duplicate"  # every report was stored before
-    DUPLICATE_KEPT = "duplicate_kept"  # the very bytes again, kept for review the first time
-    QUARANTINED = "quarantined"  # no report could be parsed: kept for review
-    PARTLY_QUARANTINED = "partly_quarantined"  # reports stored, a part kept for review
-    UNSIGNED = "unsigned"  # a TLS report not signed by its reporter: kept for review
-    NOT_A_REPORT = "not_a_report"  # nothing report-like, nothing kept
-    POSTMASTER = "postmaster"  # nothing report-like, to the postmaster: kept
-    # Refused: nothing stored.
-    UNAUTHENTICATED = "unauthenticated"  # fails DMARC, AuthPolicy.REJECT
-    AUTHENTICATION_TEMPERROR = "authentication_temperror"  # the same, DNS failed
-    UNAUTHORIZED = "unauthorized"  # a policy domain has not authorized us
-    DNS_UNAVAILABLE = "dns_unavailable"  # authorization or DKIM key lookup failed
-    DATABASE_UNAVAILABLE = "database_unavailable"
-    INTERNAL_ERROR = "internal_error"  # a bug: ``Delivered.error`` holds it
+from rua_sink.outcomes import AuthPolicy, DeliveryStatus, Outcome, RawStatus, Verdict
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from rua_sink import logs
 from rua_sink.core.arrival import Envelope as Arrival
-from rua_sink.ingest.delivery import Delivered, Delivery, DeliveryStatus
+from rua_sink.ingest.delivery import Delivered, Delivery
 from rua_sink.metrics import Metrics
-from rua_sink.outcomes import ReplyReason
+from rua_sink.outcomes import DeliveryStatus, ReplyReason
 from rua_sink.smtp.data import SpooledMessage
 from rua_sink.smtp.policy import AddressPolicy, client_address
 from rua_sink.smtp.replies import (

@@ -28,8 +28,8 @@ reply says anything of an internal error.
 
 from __future__ import annotations
 
-from rua_sink.ingest.delivery import Delivered, DeliveryStatus
-from rua_sink.outcomes import ReplyReason
+from rua_sink.ingest.delivery import Delivered
+from rua_sink.outcomes import DeliveryStatus, ReplyReason
 
 # After DATA: what became of the message
 REPLY_STORED = "250 2.0.0 Report accepted"
