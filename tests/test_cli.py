@@ -8,6 +8,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import rua_sink
 
 from .conftest import CORPUS, INVALID_CASING_SPF_RESULTS, ROOT, corpus
@@ -100,3 +102,36 @@ def test_the_version_is_written_once_and_the_package_is_typed() -> None:
     # PEP 561: the annotations are for the users' type checkers too (the wheel takes
     # every file of the package).
     assert resources.files("rua_sink").joinpath("py.typed").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (
+            ("prune", "--older-than", "400d"),
+            {"RUA_SINK_FAILURE_RETENTION": "soon"},
+            "not a duration (e.g. 400d, 12w, 18m, 2y): 'soon'",
+        ),
+        (
+            ("check-auth", "example.com", "--rua", "dmarc@rua.example.net"),
+            {"RUA_SINK_DNS_TIMEOUT": "0"},
+            "dns_timeout must be positive",
+        ),
+        (
+            ("ingest", "missing.eml"),
+            {"RUA_SINK_PARSE_WORKERS": "999"},
+            "not between 0 and 256: '999'",
+        ),
+        (
+            ("reprocess",),
+            {"RUA_SINK_REQUIRE_AUTHENTICATED": "maybe"},
+            "RUA_SINK_REQUIRE_AUTHENTICATED must be off, flag or reject",
+        ),
+    ],
+)
+def test_a_bad_setting_stops_a_command_with_one_line(
+    args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    # Read before the database is touched: no URL is needed to be told.
+    proc = cli(*args, env={**env, "RUA_SINK_DATABASE_URL": "postgresql://127.0.0.1:1/none"})
+    assert (proc.returncode, proc.stderr) == (2, f"rua-sink: {message}\n")
