@@ -6,14 +6,14 @@ builders below (``open_store``, ``open_parse_pool``, ``open_ingester``,
 ``open_identifier``, ``new_authorizer``...): no command makes a pool, a resolver or a
 parse pool of its own.
 
-``serve``: one asyncio loop holds everything: the SMTP server (aiosmtpd's protocol through
+In ``serve``, one asyncio loop holds everything: the SMTP server (aiosmtpd's protocol through
 ``loop.create_server``, not its threaded Controller) and a small HTTP listener for
 ``/healthz`` (the process is alive) and ``/readyz`` (the database answers and the schema
 is current; 503 otherwise, so that Kubernetes stops sending mail to a pod that cannot
 commit).
 
-Sender identification (``ingest.identify``) runs beside them as a background task, which shutdown
-cancels first.
+Sender identification (``ingest.identify``) runs beside them as a background task, which
+shutdown cancels first.
 
 SIGTERM or SIGINT: stop accepting, let sessions in flight finish within the grace period,
 then close. A message is either committed and answered 250, or not acknowledged at all.
