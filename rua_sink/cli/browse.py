@@ -15,7 +15,6 @@ from typing import Any, TextIO
 
 import asyncpg
 
-from rua_sink.app import open_store
 from rua_sink.core.mime import header_text, leading_header_block, parse_fields
 from rua_sink.outcomes import RawStatus
 from rua_sink.storage.database import resolve_url
@@ -43,6 +42,8 @@ def message_head(head_gzip: bytes) -> dict[str, str | None]:
 
 
 def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
+
     statuses = (
         [RawStatus(s) for s in args.status]
         if args.status
@@ -80,6 +81,8 @@ def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_raw(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
+
     async def run() -> bytes:
         async with open_store(database_url=resolve_url(os.environ)) as store:
             content, _, _ = await store.raw_content(args.id)
@@ -104,6 +107,7 @@ def _day(text: str) -> datetime:
 
 
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
     from rua_sink.core.names import domain as a_label  # noqa: PLC0415
     from rua_sink.storage.summary import summarize  # noqa: PLC0415
 

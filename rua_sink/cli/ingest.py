@@ -12,7 +12,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from rua_sink.app import open_ingester
 from rua_sink.config import Settings
 from rua_sink.core.arrival import Envelope
 from rua_sink.core.limits import Limits
@@ -88,6 +87,8 @@ class Progress:
 
 
 def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import open_ingester  # noqa: PLC0415 - see main's docstring
+
     settings = Settings.from_env(os.environ)
     limits: Limits = args.limits
     summary = Summary()
@@ -115,6 +116,8 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_reprocess(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import open_ingester  # noqa: PLC0415 - see main's docstring
+
     settings = Settings.from_env(os.environ)
     summary = Summary()
     policy = AuthPolicy(settings.require_authenticated)

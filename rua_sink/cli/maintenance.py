@@ -13,13 +13,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from rua_sink import config
-from rua_sink.app import load_services, open_identifier, open_store
 from rua_sink.config import Settings
 from rua_sink.storage import migrate
 from rua_sink.storage.database import embedded, resolve_url
 
 
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
+
     async def run() -> list[migrate.Migration]:
         async with (
             open_store(database_url=resolve_url(os.environ), apply_migrations=False) as store,
@@ -40,6 +41,8 @@ def parse_duration(text: str) -> timedelta:
 
 
 def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
+
     settings = Settings.from_env(os.environ)
     now = datetime.now(UTC)
     cutoff = now - args.older_than
@@ -67,6 +70,8 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_identify(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import load_services, open_identifier  # noqa: PLC0415 - see main's docstring
+
     settings = Settings.from_env(os.environ)
     services = load_services(settings=settings)  # a broken file stops us here
 

@@ -13,8 +13,6 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from rua_sink import logs
-from rua_sink.app import new_authorizer, serve
 from rua_sink.config import Settings
 from rua_sink.core.names import organizational_domain
 from rua_sink.errors import AuthorizationUnavailable, SendError
@@ -22,6 +20,9 @@ from rua_sink.storage.database import resolve_url
 
 
 def cmd_serve(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink import logs  # noqa: PLC0415 - the server's imports, only when serving
+    from rua_sink.app import serve  # noqa: PLC0415
+
     logs.configure()
     settings = Settings.from_env(os.environ)
     if not settings.addresses and not settings.failure_addresses:
@@ -60,6 +61,8 @@ def cmd_send(args: argparse.Namespace, out: TextIO) -> int:
 
 
 def cmd_check_auth(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import new_authorizer  # noqa: PLC0415 - see main's docstring
+
     settings = Settings.from_env(os.environ)
     authorizer = new_authorizer(settings=settings)
     rcpt_domain = args.rua.rpartition("@")[2].lower()
