@@ -1,13 +1,19 @@
-"""Composition root: settings -> pool, store, resolver, SMTP server, HTTP endpoint; signals.
+"""The composition root: settings -> pool, store, resolver, SMTP server, HTTP endpoint; signals.
 
-One asyncio loop holds everything: the SMTP server (aiosmtpd's protocol through
+The one place that turns a :class:`~rua_sink.config.Settings` into parts. ``serve`` builds
+its ``App`` here, and every other command builds what it uses with the keyword-only
+builders below (``open_store``, ``open_parse_pool``, ``open_ingester``,
+``open_identifier``, ``new_authorizer``...): no command makes a pool, a resolver or a
+parse pool of its own.
+
+In ``serve``, one asyncio loop holds everything: the SMTP server (aiosmtpd's protocol through
 ``loop.create_server``, not its threaded Controller) and a small HTTP listener for
 ``/healthz`` (the process is alive) and ``/readyz`` (the database answers and the schema
 is current; 503 otherwise, so that Kubernetes stops sending mail to a pod that cannot
 commit).
 
-Sender identification (``senders``) runs beside them as a background task, which shutdown
-cancels first.
+Sender identification (``ingest.identify``) runs beside them as a background task, which
+shutdown cancels first.
 
 SIGTERM or SIGINT: stop accepting, let sessions in flight finish within the grace period,
 then close. A message is either committed and answered 250, or not acknowledged at all.
@@ -19,12 +25,17 @@ import asyncio
 import signal
 import socket
 import ssl
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
+import dns.asyncresolver
 
 from rua_sink import __version__, logs
 from rua_sink.config import Settings
+from rua_sink.core.limits import Limits
 from rua_sink.dns.authz import Authorizer, make_resolver
 from rua_sink.dns.mailauth import MailAuthenticator
 from rua_sink.dns.senders import ServiceMap
@@ -52,6 +63,137 @@ async def keep_session(conn: asyncpg.Connection) -> None:
     itself. asyncpg's default reset would cost a round trip for every message."""
 
 
+#: What asyncpg runs on a connection given back to its pool (None: its default reset).
+Reset = Callable[[asyncpg.Connection], Coroutine[Any, Any, None]]
+
+
+async def open_database(
+    *,
+    database_url: str,
+    min_size: int,
+    max_size: int,
+    reset: Reset | None = None,
+    apply_migrations: bool = True,
+) -> Store:
+    """The database created if missing, a pool on it, the schema migrated (unless told
+    not to) and the record partitions known: a Store whose pool the caller closes."""
+    await ensure_database(database_url)
+    pool = await asyncpg.create_pool(
+        database_url, min_size=min_size, max_size=max_size, reset=reset
+    )
+    try:
+        if apply_migrations:
+            async with pool.acquire() as conn:
+                await migrate.migrate(conn)
+        store = Store(pool)
+        await store.load_partitions()
+    except BaseException:
+        await pool.close()
+        raise
+    return store
+
+
+@asynccontextmanager
+async def open_store(*, database_url: str, apply_migrations: bool = True) -> AsyncIterator[Store]:
+    """A Store for one command, on a small pool closed when the command is done."""
+    store = await open_database(
+        database_url=database_url, min_size=1, max_size=4, apply_migrations=apply_migrations
+    )
+    try:
+        yield store
+    finally:
+        await store.pool.close()
+
+
+def new_parse_pool(*, settings: Settings) -> ParsePool:
+    """Parse workers for large reports, as RUA_SINK_PARSE_WORKERS says; they start with
+    the first large report."""
+    return ParsePool(settings.parse_workers)
+
+
+@asynccontextmanager
+async def open_parse_pool(*, settings: Settings) -> AsyncIterator[ParsePool]:
+    """A command's parse workers, stopped with the command."""
+    pool = new_parse_pool(settings=settings)
+    try:
+        yield pool
+    finally:
+        await asyncio.to_thread(pool.close)
+
+
+@asynccontextmanager
+async def open_ingester(
+    *, settings: Settings, database_url: str, limits: Limits
+) -> AsyncIterator[Ingester]:
+    """An Ingester for ``ingest`` and ``reprocess``: the store, parse workers, and the
+    limits of the command line (the environment's, overridden by ``--limit``)."""
+    async with (
+        open_store(database_url=database_url) as store,
+        open_parse_pool(settings=settings) as workers,
+    ):
+        yield Ingester(store, limits=limits, fanout=workers.fanout)
+
+
+def new_resolver(*, settings: Settings) -> dns.asyncresolver.Resolver:
+    """A resolver on the configured nameservers, for the loop's lookups."""
+    return make_resolver(settings.dns_nameservers, settings.dns_timeout)
+
+
+def _unobserved(result: str) -> None:
+    """Authorization lookups that nothing counts (outside ``serve``)."""
+
+
+def new_authorizer(
+    *,
+    settings: Settings,
+    resolver: dns.asyncresolver.Resolver | None = None,
+    observe: Callable[[str], None] = _unobserved,
+) -> Authorizer:
+    """The external-destination authorization check (RFC 7489 7.1), on ``resolver`` or a
+    new one."""
+    return Authorizer(
+        resolver=resolver or new_resolver(settings=settings),
+        allow=settings.authorized_domains,
+        observe=observe,
+    )
+
+
+def load_services(*, settings: Settings) -> ServiceMap:
+    """The sender services mapping: the shipped one, under RUA_SINK_SERVICES_FILE's;
+    ConfigError if that file is broken."""
+    return ServiceMap.load(settings.services_file)
+
+
+def new_identifier(
+    *,
+    settings: Settings,
+    pool: asyncpg.Pool,
+    resolver: dns.asyncresolver.Resolver,
+    services: ServiceMap,
+) -> SenderIdentifier:
+    return SenderIdentifier(
+        pool=pool,
+        resolver=resolver,
+        services=services,
+        concurrency=settings.identify_concurrency,
+        sweep_interval=settings.identify_interval,
+    )
+
+
+@asynccontextmanager
+async def open_identifier(
+    *, settings: Settings, services: ServiceMap, database_url: str
+) -> AsyncIterator[SenderIdentifier]:
+    """Sender identification for ``rua-sink identify``, on a store of its own."""
+    async with open_store(database_url=database_url) as store:
+        yield new_identifier(
+            settings=settings,
+            pool=store.pool,
+            resolver=new_resolver(settings=settings),
+            services=services,
+        )
+
+
 @dataclass
 class App:
     settings: Settings
@@ -71,34 +213,28 @@ class App:
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> App:
-        services = ServiceMap.load(settings.services_file)  # a broken file stops us here
-        await ensure_database(database_url)
-        pool = await asyncpg.create_pool(database_url, min_size=2, max_size=20, reset=keep_session)
-        async with pool.acquire() as conn:
-            await migrate.migrate(conn)
-        store = Store(pool)
-        await store.load_partitions()
+        services = load_services(settings=settings)  # a broken file stops us here
+        store = await open_database(
+            database_url=database_url, min_size=2, max_size=20, reset=keep_session
+        )
+        pool = store.pool
         # One resolver on the configured nameservers for the loop's lookups (the checks of
         # the mail run in threads, on a resolver of their own: see mailauth).
-        resolver = make_resolver(settings.dns_nameservers, settings.dns_timeout)
-        identifier = SenderIdentifier(
-            pool=pool,
-            resolver=resolver,
-            services=services,
-            concurrency=settings.identify_concurrency,
-            sweep_interval=settings.identify_interval,
+        resolver = new_resolver(settings=settings)
+        identifier = new_identifier(
+            settings=settings, pool=pool, resolver=resolver, services=services
         )
         metrics = Metrics(
             max_domains=settings.metrics_max_domains,
             max_reporters=settings.metrics_max_reporters,
         )
         lookups = metrics.authorization
-        authorizer = Authorizer(
+        authorizer = new_authorizer(
+            settings=settings,
             resolver=resolver,
-            allow=settings.authorized_domains,
             observe=lambda result: lookups.labels(result).inc(),
         )
-        parse_pool = ParsePool(settings.parse_workers)
+        parse_pool = new_parse_pool(settings=settings)
         delivery = Delivery(
             ingester=Ingester(
                 store,

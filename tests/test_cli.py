@@ -1,12 +1,18 @@
-"""``rua-sink parse``, run as a real subprocess."""
+"""``rua-sink parse`` and ``--version``, run as a real subprocess."""
 
 from __future__ import annotations
 
 import json
+import tomllib
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from .conftest import CORPUS, INVALID_CASING_SPF_RESULTS, corpus
+import pytest
+
+import rua_sink
+
+from .conftest import CORPUS, INVALID_CASING_SPF_RESULTS, ROOT, corpus
 from .procs import cli
 from .reports import gz, report_xml
 
@@ -83,3 +89,49 @@ def test_limits_from_flags_and_environment(tmp_path: Path) -> None:
     status, lines, stderr = run("parse", "--limit", "no_such_limit=1", str(path))
     assert status != 0
     assert "unknown limit" in stderr
+
+
+def test_the_version_is_written_once_and_the_package_is_typed() -> None:
+    # rua_sink/__init__.py holds the version; the build reads it there (hatch).
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert "version" not in pyproject["project"]
+    assert pyproject["project"]["dynamic"] == ["version"]
+    assert pyproject["tool"]["hatch"]["version"]["path"] == "rua_sink/__init__.py"
+    proc = cli("--version")
+    assert proc.returncode == 0 and proc.stdout == f"rua-sink {rua_sink.__version__}\n"
+    # PEP 561: the annotations are for the users' type checkers too (the wheel takes
+    # every file of the package).
+    assert resources.files("rua_sink").joinpath("py.typed").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (
+            ("prune", "--older-than", "400d"),
+            {"RUA_SINK_FAILURE_RETENTION": "soon"},
+            "not a duration (e.g. 400d, 12w, 18m, 2y): 'soon'",
+        ),
+        (
+            ("check-auth", "example.com", "--rua", "dmarc@rua.example.net"),
+            {"RUA_SINK_DNS_TIMEOUT": "0"},
+            "dns_timeout must be positive",
+        ),
+        (
+            ("ingest", "missing.eml"),
+            {"RUA_SINK_PARSE_WORKERS": "999"},
+            "not between 0 and 256: '999'",
+        ),
+        (
+            ("reprocess",),
+            {"RUA_SINK_REQUIRE_AUTHENTICATED": "maybe"},
+            "RUA_SINK_REQUIRE_AUTHENTICATED must be off, flag or reject",
+        ),
+    ],
+)
+def test_a_bad_setting_stops_a_command_with_one_line(
+    args: tuple[str, ...], env: dict[str, str], message: str
+) -> None:
+    # Read before the database is touched: no URL is needed to be told.
+    proc = cli(*args, env={**env, "RUA_SINK_DATABASE_URL": "postgresql://127.0.0.1:1/none"})
+    assert (proc.returncode, proc.stderr) == (2, f"rua-sink: {message}\n")

@@ -1,0 +1,182 @@
+"""Commands that store messages: ``ingest`` (backfill from files) and ``reprocess``
+(archived messages read again)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+from rua_sink.config import Settings
+from rua_sink.core.arrival import Envelope
+from rua_sink.core.limits import Limits
+from rua_sink.errors import Reason
+from rua_sink.ingest import backfill
+from rua_sink.ingest.ingester import IngestResult
+from rua_sink.outcomes import AuthPolicy, Outcome
+from rua_sink.storage.database import resolve_url
+
+
+@dataclass
+class Summary:
+    messages: int = 0
+    reports_new: int = 0
+    reports_duplicate: int = 0
+    messages_duplicate: int = 0
+    quarantined: int = 0
+    not_a_report: int = 0
+    #: messages read again (``reprocess``, or stored before by an older parser version)
+    reprocessed: int = 0
+    records: int = 0
+    quarantine: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, label: str, result: IngestResult) -> None:
+        self.messages += 1
+        self.reports_new += result.reports_new
+        self.reports_duplicate += result.reports_duplicate
+        self.records += result.records
+        self.reprocessed += result.reprocessed
+        if result.outcome is Outcome.DUPLICATE and result.raw_message_id is None:
+            self.messages_duplicate += 1
+        elif result.outcome is Outcome.QUARANTINED:
+            self.quarantined += 1
+            self.quarantine.append(
+                {"source": label, "reason": str(result.reason), "detail": result.detail}
+            )
+        elif result.outcome is Outcome.NOT_A_REPORT:
+            self.not_a_report += 1
+
+    def write(self, out: TextIO, *, as_json: bool) -> None:
+        out.write((json.dumps(self.__dict__) if as_json else self.line()) + "\n")
+
+    def line(self) -> str:
+        return (
+            f"{self.messages} messages: {self.reports_new} reports new, "
+            f"{self.reports_duplicate} duplicate, {self.quarantined} quarantined, "
+            f"{self.not_a_report} not reports, {self.reprocessed} reprocessed; "
+            f"{self.records} records"
+        )
+
+
+class Progress:
+    """One status line on a terminal, rewritten at most ten times a second."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self._last = 0.0
+
+    def update(self, summary: Summary, label: str, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not self.enabled or (not force and now - self._last < 0.1):
+            return
+        self._last = now
+        text = f"\r\x1b[K{summary.line()}  {label[-60:]}"
+        self.stream.write(text)
+        self.stream.flush()
+
+    def done(self) -> None:
+        if self.enabled:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import open_ingester  # noqa: PLC0415 - see main's docstring
+
+    settings = Settings.from_env(os.environ)
+    limits: Limits = args.limits
+    summary = Summary()
+    progress = Progress(sys.stderr)
+
+    async def run() -> None:
+        async with open_ingester(
+            settings=settings, database_url=resolve_url(os.environ), limits=limits
+        ) as ingester:
+            for item in backfill.items(args.paths):
+                try:
+                    result = await ingester.ingest(item.file, Envelope(source=item.label))
+                finally:
+                    item.file.close()
+                summary.add(item.label, result)
+                progress.update(summary, item.label)
+
+    asyncio.run(run())
+    progress.done()
+    summary.write(out, as_json=args.json)
+    if not args.json:
+        for q in summary.quarantine:
+            out.write(f"quarantined: {q['source']}: {q['reason']}: {q['detail']}\n")
+    return 0
+
+
+def cmd_reprocess(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import open_ingester  # noqa: PLC0415 - see main's docstring
+
+    settings = Settings.from_env(os.environ)
+    summary = Summary()
+    policy = AuthPolicy(settings.require_authenticated)
+    # Under off, a TLS report needs no signature: those kept for the lack of one are due.
+    reasons = [str(Reason.UNSIGNED_REPORT)] if policy is AuthPolicy.OFF else []
+    missing: list[int] = []
+
+    async def run() -> None:
+        async with open_ingester(
+            settings=settings, database_url=resolve_url(os.environ), limits=args.limits
+        ) as ingester:
+            ids = args.ids or await ingester.store.raw_messages(
+                every=args.all, any_version=args.any_version, reasons=reasons
+            )
+            for raw_id in ids:
+                try:
+                    result = await ingester.reprocess(raw_id, auth_policy=policy)
+                except KeyError:
+                    missing.append(raw_id)
+                    continue
+                summary.add(f"raw_message {raw_id}", result)
+
+    asyncio.run(run())
+    summary.write(out, as_json=args.json)
+    for raw_id in missing:
+        print(f"rua-sink: no raw message {raw_id}", file=sys.stderr)
+    return 1 if missing else 0
+
+
+def add_ingest(sub: Any, limits_parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "ingest",
+        parents=[limits_parent],
+        help="store report files, messages, mbox files and Maildir folders",
+        description="Backfill: the same files as parse, plus mbox files and Maildir folders. "
+        "Each message is stored once with its reports; failures are quarantined.",
+    )
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(func=cmd_ingest)
+
+
+def add_reprocess(sub: Any, limits_parent: argparse.ArgumentParser) -> None:
+    p = sub.add_parser(
+        "reprocess",
+        parents=[limits_parent],
+        help="parse stored raw messages again (by default those an older parser version "
+        "did not store as reports)",
+        description="Parse archived messages again with the current code, replacing what "
+        "they produced. By default: the messages kept as not_a_report or quarantined by an "
+        "older parser version (and, under RUA_SINK_REQUIRE_AUTHENTICATED=off, those kept as "
+        "unsigned_report). The current authentication policy judges their stored verdicts.",
+    )
+    p.add_argument("ids", nargs="*", type=int, metavar="RAW_MESSAGE_ID")
+    p.add_argument(
+        "--any-version",
+        action="store_true",
+        help="every message not stored as reports, whatever parser version read it",
+    )
+    p.add_argument("--all", action="store_true", help="every raw message, stored ones too")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_reprocess)

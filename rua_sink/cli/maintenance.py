@@ -1,0 +1,149 @@
+"""Commands that look after the database: ``migrate`` (the schema), ``prune`` (retention),
+``identify`` (PTR names and services of source addresses) and ``db`` (the embedded
+PostgreSQL)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from datetime import UTC, datetime, timedelta
+from typing import Any, TextIO
+
+from rua_sink import config
+from rua_sink.config import Settings
+from rua_sink.storage import migrate
+from rua_sink.storage.database import embedded, resolve_url
+
+
+def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
+
+    async def run() -> list[migrate.Migration]:
+        async with (
+            open_store(database_url=resolve_url(os.environ), apply_migrations=False) as store,
+            store.pool.acquire() as conn,
+        ):
+            return await migrate.migrate(conn)
+
+    done = asyncio.run(run())
+    out.write(json.dumps({"applied": [m.name for m in done]}) + "\n")
+    return 0
+
+
+def parse_duration(text: str) -> timedelta:
+    try:
+        return config.parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
+
+    settings = Settings.from_env(os.environ)
+    now = datetime.now(UTC)
+    cutoff = now - args.older_than
+    keep_failures = args.failure_older_than
+    if keep_failures is None:
+        keep_failures = settings.failure_retention
+    failure_cutoff = now - keep_failures
+
+    async def run() -> dict[str, int]:
+        async with open_store(database_url=resolve_url(os.environ)) as store:
+            return await store.prune(cutoff, failure_cutoff)
+
+    result = asyncio.run(run())
+    out.write(
+        json.dumps(
+            {
+                "cutoff": cutoff.isoformat(),
+                "failure_cutoff": max(cutoff, failure_cutoff).isoformat(),
+                **result,
+            }
+        )
+        + "\n"
+    )
+    return 0
+
+
+def cmd_identify(args: argparse.Namespace, out: TextIO) -> int:
+    from rua_sink.app import load_services, open_identifier  # noqa: PLC0415 - see main's docstring
+
+    settings = Settings.from_env(os.environ)
+    services = load_services(settings=settings)  # a broken file stops us here
+
+    async def run() -> dict[str, int]:
+        async with open_identifier(
+            settings=settings, services=services, database_url=resolve_url(os.environ)
+        ) as identifier:
+            relabelled = await identifier.relabel()
+            tally = await identifier.sweep(args.limit or sys.maxsize)
+            return {**tally.as_json(), "relabelled": relabelled}
+
+    result = asyncio.run(run())
+    if args.json:
+        out.write(json.dumps(result) + "\n")
+    else:
+        out.write(
+            f"{result['looked_up']} source addresses looked up: {result['named']} named "
+            f"({result['confirmed']} forward-confirmed, {result['labelled']} with a service), "
+            f"{result['unnamed']} without a name, {result['failed']} temporary DNS errors "
+            f"(tried again later); {result['relabelled']} labels changed by the mapping\n"
+        )
+    return 0
+
+
+def cmd_db(args: argparse.Namespace, out: TextIO) -> int:
+    server = embedded(os.environ)
+    if args.action == "start":
+        out.write(server.start() + "\n")
+    elif args.action == "stop":
+        out.write(("stopped" if server.stop() else "not running") + "\n")
+    else:
+        out.write(f"{server.url}\n")
+    return 0
+
+
+def add_migrate(sub: Any) -> None:
+    p = sub.add_parser("migrate", help="apply pending database migrations")
+    p.set_defaults(func=cmd_migrate)
+
+
+def add_identify(sub: Any) -> None:
+    p = sub.add_parser(
+        "identify",
+        help="look up the PTR names and services of source addresses not looked up yet "
+        "or due again (backfilled reports)",
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="at most N addresses (default: all)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_identify)
+
+
+def add_prune(sub: Any) -> None:
+    p = sub.add_parser(
+        "prune", help="drop reports, record partitions and raw messages past retention"
+    )
+    p.add_argument(
+        "--older-than",
+        type=parse_duration,
+        required=True,
+        metavar="DURATION",
+        help="e.g. 400d, 56w, 18m, 2y",
+    )
+    p.add_argument(
+        "--failure-older-than",
+        type=parse_duration,
+        metavar="DURATION",
+        help="failure reports and their messages (default: RUA_SINK_FAILURE_RETENTION, 30d)",
+    )
+    p.set_defaults(func=cmd_prune)
+
+
+def add_db(sub: Any) -> None:
+    p = sub.add_parser("db", help="the embedded PostgreSQL: start, stop, or print its URL")
+    p.add_argument("action", choices=("start", "stop", "url"))
+    p.set_defaults(func=cmd_db)
