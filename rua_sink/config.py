@@ -1,6 +1,6 @@
 """One frozen, typed Settings for ``rua-sink serve``, read from the environment once.
 
-Every field is documented here and in the README's configuration table, which
+Every field is documented here and in docs/configuration.md's table, which
 tests/test_config.py checks against this module.
 """
 
@@ -94,7 +94,7 @@ class Setting:
         return self.parse(env.get(self.env, self.default))
 
 
-#: name -> (environment variable, default as text, meaning, parser); the README table
+#: name -> (environment variable, default as text, meaning, parser); the docs' table
 #: mirrors it, and ``Settings`` has one field of each name.
 SETTINGS: dict[str, Setting] = {
     "smtp_listen": Setting(

@@ -1,4 +1,4 @@
-"""Settings from the environment, and the README's table of them."""
+"""Settings from the environment, and the table of them in docs/configuration.md."""
 
 from __future__ import annotations
 

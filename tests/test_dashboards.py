@@ -185,7 +185,7 @@ def series_names(expr: str) -> set[str]:
 
 
 def documented_values() -> dict[str, set[str]]:
-    """Per metric, every word in backquotes on its row of the README's metrics table."""
+    """Per metric, every word in backquotes on its row of the metrics table of docs/metrics.md."""
     table = readme_table("metrics")
     out = {}
     for row in re.findall(r"^\| `(rua_sink_\w+)` \|(.*)$", table, re.M):

@@ -33,7 +33,7 @@ class Expected:
 def expected(stream: bytes, line_limit: int, size_limit: int | None) -> Expected:
     """RFC 5321's reading, written as plainly as possible: the data ends at the first
     CRLF.CRLF, counting the CRLF that ended the DATA command; a line ends at CRLF or at a
-    bare LF, which is taken for a CRLF (the line policy of the README's reply table)."""
+    bare LF, which is taken for a CRLF (the line policy of the reply table, docs/serve.md)."""
     whole = CRLF + stream
     end = whole.find(b"\r\n.\r\n")
     assert end >= 0

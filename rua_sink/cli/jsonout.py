@@ -1,4 +1,4 @@
-"""JSON shapes of the model, as printed by ``rua-sink parse`` (documented in the README)."""
+"""JSON shapes of the model, as printed by ``rua-sink parse`` (documented in docs/commands.md)."""
 
 from __future__ import annotations
 

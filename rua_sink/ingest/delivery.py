@@ -189,7 +189,7 @@ class Delivery:
 
 
 def status_of(result: IngestResult, *, to_postmaster: bool) -> DeliveryStatus:
-    """What the ingest's account means for the sender (README, the reply table)."""
+    """What the ingest's account means for the sender (docs/serve.md, the reply table)."""
     outcome = result.outcome
     if outcome is Outcome.DUPLICATE and result.archived_status is RawStatus.NOT_A_REPORT:
         outcome = Outcome.NOT_A_REPORT  # these bytes again: still not a report

@@ -95,5 +95,5 @@ REPLIES: dict[DeliveryStatus, tuple[str, ReplyReason]] = {
 
 
 def reply_for(delivered: Delivered) -> tuple[str, ReplyReason]:
-    """What the reply says happened to a message (README, the reply table)."""
+    """What the reply says happened to a message (docs/serve.md, the reply table)."""
     return REPLIES[delivered.status]
