@@ -21,9 +21,9 @@ from rua_sink.smtp.replies import REPLY_DUPLICATE, REPLY_NOT_A_REPORT, REPLY_STO
 
 from .conftest import chunks, collect
 from .procs import cli
-from .smtpserver import Server, running_alone, send
+from .smtpserver import Server, send
 from .test_failure_key import relayed
-from .test_failure_reports import RUF, arf
+from .test_failure_reports import RUF, arf, emptied, failure_sink
 
 OPENING = (
     "A message claiming to be from you has failed the published DMARC\r\n"
@@ -219,19 +219,13 @@ JOIN raw_messages m ON m.id = f.raw_message_id
 
 @pytest.fixture(scope="module")
 def ruf_alone(server_url: str) -> Iterator[Server]:
-    with running_alone(
-        server_url,
-        "rua_sink_exim",
-        RUA_SINK_FAILURE_ADDRESSES=RUF,
-        RUA_SINK_AUTHORIZED_DOMAINS="*",
-    ) as (srv, _):
+    with failure_sink(server_url, "rua_sink_exim") as srv:
         yield srv
 
 
 @pytest.fixture
 def ruf(ruf_alone: Server) -> Server:
-    ruf_alone.fetch("TRUNCATE failure_reports, raw_messages RESTART IDENTITY CASCADE")
-    return ruf_alone
+    return emptied(ruf_alone)
 
 
 def test_stored_over_smtp_with_its_fields(ruf: Server) -> None:

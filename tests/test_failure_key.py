@@ -24,9 +24,9 @@ from rua_sink.storage.store import Store
 from .conftest import corpus
 from .pg import fetch, scratch_database
 from .procs import cli
-from .smtpserver import Server, deltas, running_alone, scrape, send
+from .smtpserver import Server, deltas, scrape, send
 from .storage import ingest_bytes, with_store
-from .test_failure_reports import ARF_DIR, RUF, arf
+from .test_failure_reports import ARF_DIR, RUF, arf, emptied, failure_sink
 
 NAMES = ["001.eml", "002.eml", "003.eml", "004.eml", "005.eml"]
 
@@ -45,20 +45,13 @@ def relayed(data: bytes, *hops: str) -> bytes:
 
 @pytest.fixture(scope="module")
 def ruf_alone(server_url: str) -> Iterator[Server]:
-    with running_alone(
-        server_url,
-        "rua_sink_failure_key",
-        RUA_SINK_FAILURE_ADDRESSES=RUF,
-        RUA_SINK_AUTHORIZED_DOMAINS="*",
-    ) as (srv, _):
+    with failure_sink(server_url, "rua_sink_failure_key") as srv:
         yield srv
 
 
 @pytest.fixture
 def ruf(ruf_alone: Server) -> Server:
-    """The module's server, its database emptied of messages and failure reports."""
-    ruf_alone.fetch("TRUNCATE failure_reports, raw_messages RESTART IDENTITY CASCADE")
-    return ruf_alone
+    return emptied(ruf_alone)
 
 
 def count(srv: Server, table: str) -> int:

@@ -11,6 +11,7 @@ import gzip
 import json
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 
 import pytest
@@ -84,16 +85,26 @@ def original_body_lines(data: bytes) -> list[str]:
     return []
 
 
+@contextmanager
+def failure_sink(server_url: str, prefix: str) -> Iterator[Server]:
+    """``rua-sink serve`` taking failure reports at RUF from every domain, on a database of
+    its own: a failure report stored by another module's test (the corpus, backfilled)
+    would make these copies duplicates, stored under other bytes."""
+    with running_alone(
+        server_url, prefix, RUA_SINK_FAILURE_ADDRESSES=RUF, RUA_SINK_AUTHORIZED_DOMAINS="*"
+    ) as (srv, _):
+        yield srv
+
+
+def emptied(server: Server) -> Server:
+    """The server, its database emptied of messages and failure reports."""
+    server.fetch("TRUNCATE failure_reports, raw_messages RESTART IDENTITY CASCADE")
+    return server
+
+
 @pytest.fixture(scope="module")
 def ruf_server(server_url: str) -> Iterator[Server]:
-    # A database of its own: a failure report stored by another module's test (the corpus,
-    # backfilled) would make these copies duplicates, stored under other bytes.
-    with running_alone(
-        server_url,
-        "rua_sink_failure",
-        RUA_SINK_FAILURE_ADDRESSES=RUF,
-        RUA_SINK_AUTHORIZED_DOMAINS="*",
-    ) as (srv, _):
+    with failure_sink(server_url, "rua_sink_failure") as srv:
         yield srv
 
 
