@@ -13,8 +13,8 @@ the ratio of this tree's median to each baseline's.
 Each checkout runs its own ``bench/SCRIPT`` and its own ``rua_sink`` (first on PYTHONPATH)
 with this interpreter and its installed dependencies. A figure is a number with a unit
 (``messages/s``, ``records/s``, ``MiB``) on a line of the script's output; the text before
-the number names it, so lines that a baseline's script does not print are shown for the
-trees that print them.
+the line's first colon names it (without the measured numbers in it), so lines that a
+baseline's script does not print are shown for the trees that print them.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ HERE = Path(__file__).resolve().parent.parent
 
 #: "<label>: ... 1,234 records/s" and the like: the label is the line up to its first
 #: colon, the figure the last number followed by one of these units.
+_MEASURED = re.compile(r"\d[\d,]*\.\d+|\d{1,3}(?:,\d{3})+")
 _FIGURE = re.compile(r"([\d,]+(?:\.\d+)?)\s*(messages/s|records/s|MiB)")
 
 
@@ -41,7 +42,9 @@ def figures(output: str) -> dict[str, float]:
         matches = _FIGURE.findall(line)
         if not matches:
             continue
-        label = line.split(":")[0].strip()
+        # the text before the first colon names the figure, without the measured numbers
+        # in it (those with a decimal point or thousands separators: they vary by run)
+        label = " ".join(_MEASURED.sub("", line.partition(":")[0]).split())
         for i, (number, unit) in enumerate(matches):
             key = f"{label} [{unit}]" + (f" #{i + 1}" if len(matches) > 1 else "")
             found[key] = float(number.replace(",", ""))
