@@ -397,6 +397,7 @@ def small_report_email() -> tuple[bytes, bytes]:
     return head, rest
 
 
+@pytest.mark.slow
 @settings(FUZZ, max_examples=1000)
 @given(fields=header_fields, on_part=st.booleans())
 def test_soup_of_header_fields(fields: bytes, on_part: bool) -> None:

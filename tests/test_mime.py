@@ -342,6 +342,7 @@ header_block = st.lists(line, min_size=1, max_size=8).map(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, derandomize=True, database=None, deadline=None)
 @given(block=header_block)
 def test_a_parts_fields_read_as_the_email_package_reads_them(block: bytes) -> None:

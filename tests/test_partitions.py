@@ -75,6 +75,7 @@ def test_a_400k_record_report_file_into_an_empty_database(server_url: str, tmp_p
         assert time.monotonic() - started < 120
 
 
+@pytest.mark.slow
 def test_large_report_emails_into_months_without_their_partitions(
     server_url: str, tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ import resource
 import socket
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -87,6 +88,7 @@ piece = st.sampled_from(
 streams = st.lists(piece, max_size=40).map(b"".join)
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, derandomize=True, database=None, deadline=None)
 @given(
     stream=streams,

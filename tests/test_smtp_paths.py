@@ -37,6 +37,7 @@ def aiosmtpd_reads(arg: str, local_part_limit: int = 0) -> tuple[str | None, str
     return SMTP._getaddr(SimpleNamespace(local_part_limit=local_part_limit), arg)  # type: ignore[arg-type]
 
 
+@pytest.mark.slow
 @settings(max_examples=3000, derandomize=True, database=None, deadline=None)
 @given(arg=path, limit=st.sampled_from([0, 3, 64]))
 def test_plain_paths_read_as_aiosmtpd_reads_them(arg: str, limit: int) -> None:

@@ -45,6 +45,7 @@ async def chaos(server_url: str, name: str, kill: str, stop: threading.Event) ->
         await conn.close()
 
 
+@pytest.mark.slow
 def test_deliveries_survive_database_loss(fragile: tuple[Server, str], server_url: str) -> None:
     srv, name = fragile
     stop = threading.Event()

@@ -69,6 +69,7 @@ def replies(sock: socket.socket, first: float = 10.0) -> bytes:
         sock.settimeout(0.2)
 
 
+@pytest.mark.slow
 @settings(
     max_examples=40,
     deadline=None,
