@@ -97,7 +97,9 @@ def test_large_report_emails_into_months_without_their_partitions(
         _,
     ):
         # Only this month's and the next's, which serve makes ready (none of these months).
-        ahead = srv.fetch("SELECT inhrelid FROM pg_inherits")
+        ahead = srv.fetch(
+            "SELECT inhrelid FROM pg_inherits WHERE inhparent = 'aggregate_records'::regclass"
+        )
         assert len(ahead) == 2
         replies = [send(srv, data) for data, _ in messages]
         assert replies == [(250, "2.0.0 Report accepted")] * len(messages)

@@ -20,7 +20,10 @@ from rua_sink.storage.ddl import DEFAULT_WAIT, LOCK_TIMEOUT
 
 
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
-    from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
+    from rua_sink import logs  # noqa: PLC0415 - see main's docstring
+    from rua_sink.app import open_store  # noqa: PLC0415
+
+    logs.configure()  # on stderr: stdout is the command's JSON
 
     async def run() -> list[migrate.Migration]:
         async with (
@@ -42,7 +45,10 @@ def parse_duration(text: str) -> timedelta:
 
 
 def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
-    from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
+    from rua_sink import logs  # noqa: PLC0415 - see main's docstring
+    from rua_sink.app import open_store  # noqa: PLC0415
+
+    logs.configure()  # on stderr: stdout is the command's JSON
 
     settings = Settings.from_env(os.environ)
     now = datetime.now(UTC)

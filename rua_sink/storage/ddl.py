@@ -53,7 +53,8 @@ async def ddl(conn: Conn, change: Callable[[Conn], Awaitable[T]], *, what: str, 
             if left <= 0:
                 raise LockTimeout(
                     f"{what}: its tables stayed locked by other transactions for "
-                    f"{wait:g} s ({attempts} attempts); nothing was changed, run it again later"
+                    f"{wait:g} s (tried {LOCK_TIMEOUT} at a time); nothing was changed, "
+                    "run it again later"
                 ) from exc
             log.info("ddl_lock_busy", what=what, attempt=attempts, retry_in=round(pause, 1))
             await asyncio.sleep(min(pause, left))

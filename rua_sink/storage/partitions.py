@@ -67,22 +67,23 @@ class Partitions:
 
     async def _create(self, conn: Conn, month: datetime, wait: float) -> bool:
         """The month's partition, created if missing, in a transaction of its own; under an
-        advisory lock so that processes do not race on it. True if this call created it."""
+        advisory lock so that processes do not race on it. True if it was missing."""
         name = partition_name(month)
         # Mostly it exists (another replica, the timer): no DDL, no table lock then.
         if await conn.fetchval("SELECT to_regclass($1) IS NULL", name):
 
-            async def create(conn: Conn) -> bool:
+            async def create(conn: Conn) -> None:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", name)
-                if not await conn.fetchval("SELECT to_regclass($1) IS NULL", name):
-                    return False
+                # IF NOT EXISTS: another process may have created it meanwhile (this
+                # session's catalog cache may not know it yet; CREATE looks again).
+                start, end = month.isoformat(), next_month(month).isoformat()
                 await conn.execute(
-                    f"CREATE TABLE {name} PARTITION OF aggregate_records FOR VALUES "
-                    f"FROM ('{month.isoformat()}') TO ('{next_month(month).isoformat()}')"
+                    f"CREATE TABLE IF NOT EXISTS {name} PARTITION OF aggregate_records "
+                    f"FOR VALUES FROM ('{start}') TO ('{end}')"
                 )
-                return True
 
-            created = await ddl(conn, create, what=f"creating partition {name}", wait=wait)
+            await ddl(conn, create, what=f"creating partition {name}", wait=wait)
+            created = True
         else:
             created = False
         self._partitions.add(month)
