@@ -13,7 +13,8 @@ is current; 503 otherwise, so that Kubernetes stops sending mail to a pod that c
 commit).
 
 Sender identification (``ingest.identify``) runs beside them as a background task, which
-shutdown cancels first.
+shutdown cancels first; so does the hourly task that keeps the record partitions of this
+month and the next ready (``storage.partitions``: before listening, then every hour).
 
 SIGTERM or SIGINT: stop accepting, let sessions in flight finish within the grace period,
 then close. A message is either committed and answered 250, or not acknowledged at all.
@@ -28,6 +29,7 @@ import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
@@ -39,6 +41,7 @@ from rua_sink.core.limits import Limits
 from rua_sink.dns.authz import Authorizer, make_resolver
 from rua_sink.dns.mailauth import MailAuthenticator
 from rua_sink.dns.senders import ServiceMap
+from rua_sink.errors import DatabaseError
 from rua_sink.heap import fix_mmap_threshold
 from rua_sink.ingest.delivery import Delivery
 from rua_sink.ingest.identify import SenderIdentifier
@@ -55,6 +58,12 @@ from rua_sink.storage.database import ensure_database
 from rua_sink.storage.store import Store
 
 log = logs.get("rua_sink")
+
+#: How often ``serve`` makes sure that the record partitions of this month and the next
+#: exist, and how long one turn may try for its table lock (the one before listening, less).
+PARTITIONS_EVERY = 3600.0
+PARTITIONS_WAIT = 300.0
+PARTITIONS_WAIT_AT_START = 30.0
 
 
 async def keep_session(conn: asyncpg.Connection) -> None:
@@ -210,6 +219,8 @@ class App:
     #: Worker processes for the records of large reports (RUA_SINK_PARSE_WORKERS).
     parse_pool: ParsePool | None = None
     warming: asyncio.Future[None] | None = None
+    #: Keeps the record partitions of this month and the next ready, every hour.
+    partitioning: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> App:
@@ -292,6 +303,8 @@ class App:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # Before the first message: no current report waits for a partition's DDL.
+        await prepare_months(self.store, wait=PARTITIONS_WAIT_AT_START)
         host, port = self.settings.smtp_listen
         self.smtp_server = await loop.create_server(self._protocol, host, port)
         # The port is ours: spool files in the temporary folder are no live session's.
@@ -305,6 +318,7 @@ class App:
         if self.identifier is not None:
             self.identifying = asyncio.create_task(self.identifier.run(), name="identify")
             self.identifying.add_done_callback(_identification_ended)
+        self.partitioning = asyncio.create_task(keep_months_ahead(self.store), name="partitions")
         log.info("listening", smtp=f"{host}:{port}", http=f"{http_host}:{http_port}")
 
     async def ready(self) -> bool:
@@ -344,9 +358,10 @@ class App:
             writer.close()
 
     async def shutdown(self) -> None:
-        if self.identifying is not None:  # background work: it gives way at once
-            self.identifying.cancel()
-            await asyncio.gather(self.identifying, return_exceptions=True)
+        for task in (self.identifying, self.partitioning):  # background work: gives way at once
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for server in (self.smtp_server, self.http_server):
             if server is not None:
                 server.close()
@@ -367,6 +382,24 @@ def _identification_ended(task: asyncio.Task[None]) -> None:
     and mail keeps being received without it."""
     if not task.cancelled() and task.exception() is not None:
         log.error("sender_identification_stopped", exc_info=task.exception())
+
+
+async def prepare_months(store: Store, *, wait: float) -> None:
+    """The record partitions of this month and the next, created if missing by one replica
+    at a time; a failure is logged, and the next turn tries again."""
+    try:
+        created = await store.prepare_months(datetime.now(UTC), wait=wait)
+    except (DatabaseError, asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        log.warning("partitions_not_prepared", error=str(exc))
+        return
+    if created:
+        log.info("partitions_created", count=created)
+
+
+async def keep_months_ahead(store: Store) -> None:
+    while True:
+        await asyncio.sleep(PARTITIONS_EVERY)
+        await prepare_months(store, wait=PARTITIONS_WAIT)
 
 
 async def serve(settings: Settings, database_url: str) -> None:

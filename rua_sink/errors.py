@@ -46,6 +46,8 @@ stops the program with a line naming the setting).
     │   │   ├── AuthorizationUnavailable   the _report._dmarc / _smtp._tls check (451 4.4.3)
     │   │   └── AuthenticationUnavailable  SPF, DKIM or DMARC of the report mail (451 4.4.3)
     │   └── DatabaseError                  PostgreSQL not found, started or reached
+    │       └── LockTimeout                DDL (migrate, prune, a partition) found its
+    │                                      table busy for longer than it may wait
     ├── NotAuthorized                      a policy domain has not authorized this
     │                                      destination (550 5.7.1)
     ├── MissingPartition                   a record partition must be created first; the
@@ -263,6 +265,11 @@ class AuthenticationUnavailable(DnsUnavailable):
 
 class DatabaseError(Unavailable):
     """The database could not be found, started or reached."""
+
+
+class LockTimeout(DatabaseError):
+    """A schema change did not get its table lock within the time it may wait: other
+    transactions (a long ingest) hold the table. Nothing was changed; run it again later."""
 
 
 class NotAuthorized(RuaSinkError):

@@ -97,7 +97,11 @@ def test_large_report_emails_into_months_without_their_partitions(
         srv,
         _,
     ):
-        assert srv.fetch("SELECT count(*) AS n FROM pg_inherits")[0]["n"] == 0
+        # Only this month's and the next's, which serve makes ready (none of these months).
+        ahead = srv.fetch(
+            "SELECT inhrelid FROM pg_inherits WHERE inhparent = 'aggregate_records'::regclass"
+        )
+        assert len(ahead) == 2
         replies = [send(srv, data) for data, _ in messages]
         assert replies == [(250, "2.0.0 Report accepted")] * len(messages)
         rows = srv.fetch("SELECT status, reason FROM raw_messages ORDER BY id")
@@ -112,7 +116,8 @@ def test_large_report_emails_into_months_without_their_partitions(
         # reprocess meets the same: every month's partition gone, each message read again.
         partitions = srv.fetch(
             "SELECT inhrelid::regclass::text AS name FROM pg_inherits "
-            "WHERE inhparent = 'aggregate_records'::regclass"
+            "WHERE inhparent = 'aggregate_records'::regclass AND inhrelid <> ALL($1::oid[])",
+            [r["inhrelid"] for r in ahead],
         )
         assert len(partitions) == len(messages)
         for row in partitions:

@@ -16,17 +16,21 @@ from rua_sink import config
 from rua_sink.config import Settings
 from rua_sink.storage import migrate
 from rua_sink.storage.database import embedded, resolve_url
+from rua_sink.storage.ddl import DEFAULT_WAIT, LOCK_TIMEOUT
 
 
 def cmd_migrate(args: argparse.Namespace, out: TextIO) -> int:
-    from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
+    from rua_sink import logs  # noqa: PLC0415 - see main's docstring
+    from rua_sink.app import open_store  # noqa: PLC0415
+
+    logs.configure()  # on stderr: stdout is the command's JSON
 
     async def run() -> list[migrate.Migration]:
         async with (
             open_store(database_url=resolve_url(os.environ), apply_migrations=False) as store,
             store.pool.acquire() as conn,
         ):
-            return await migrate.migrate(conn)
+            return await migrate.migrate(conn, lock_wait=args.lock_wait)
 
     done = asyncio.run(run())
     out.write(json.dumps({"applied": [m.name for m in done]}) + "\n")
@@ -41,7 +45,10 @@ def parse_duration(text: str) -> timedelta:
 
 
 def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
-    from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
+    from rua_sink import logs  # noqa: PLC0415 - see main's docstring
+    from rua_sink.app import open_store  # noqa: PLC0415
+
+    logs.configure()  # on stderr: stdout is the command's JSON
 
     settings = Settings.from_env(os.environ)
     now = datetime.now(UTC)
@@ -53,7 +60,7 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
 
     async def run() -> dict[str, int]:
         async with open_store(database_url=resolve_url(os.environ)) as store:
-            return await store.prune(cutoff, failure_cutoff)
+            return await store.prune(cutoff, failure_cutoff, lock_wait=args.lock_wait)
 
     result = asyncio.run(run())
     out.write(
@@ -107,8 +114,20 @@ def cmd_db(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
+def add_lock_wait(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--lock-wait",
+        type=float,
+        default=DEFAULT_WAIT,
+        metavar="SECONDS",
+        help="how long a schema change may keep trying for its table locks while other "
+        f"transactions hold them, a {LOCK_TIMEOUT} wait at a time (default: {DEFAULT_WAIT:g})",
+    )
+
+
 def add_migrate(sub: Any) -> None:
     p = sub.add_parser("migrate", help="apply pending database migrations")
+    add_lock_wait(p)
     p.set_defaults(func=cmd_migrate)
 
 
@@ -140,6 +159,7 @@ def add_prune(sub: Any) -> None:
         metavar="DURATION",
         help="failure reports and their messages (default: RUA_SINK_FAILURE_RETENTION, 30d)",
     )
+    add_lock_wait(p)
     p.set_defaults(func=cmd_prune)
 
 

@@ -36,6 +36,7 @@ from rua_sink.dns.mailauth import MailAuthenticator
 from rua_sink.errors import (
     AuthenticationUnavailable,
     AuthorizationUnavailable,
+    DatabaseError,
     NotAuthorized,
     Reason,
 )
@@ -129,7 +130,8 @@ class Delivery:
             )
         except (AuthorizationUnavailable, AuthenticationUnavailable) as exc:
             status, error = DeliveryStatus.DNS_UNAVAILABLE, exc
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, DatabaseError) as exc:
+            # DatabaseError: LockTimeout, a partition's creation that found its table busy
             status, error = DeliveryStatus.DATABASE_UNAVAILABLE, exc
         except Exception as exc:  # noqa: BLE001 - a bug: answered 451, logged in full
             status, error = DeliveryStatus.INTERNAL_ERROR, exc

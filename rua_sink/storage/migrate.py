@@ -3,6 +3,11 @@
 Files ``rua_sink/storage/migrations/NNNN_name.sql`` are applied in order, each in its own
 transaction, and recorded in ``schema_migrations``. The advisory lock makes ten replicas
 starting at once safe: one applies, the others wait and then find nothing to do.
+
+Each migration runs through ``ddl``: under a short lock_timeout, tried again while the
+tables it changes are busy, so that it never queues deliveries behind it. Replicas of the
+previous version keep serving on the new schema during a rolling upgrade, so a migration
+only expands (see docs/deployment.md, Upgrades: expand, then contract a release later).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+from rua_sink.storage.ddl import DEFAULT_WAIT, ddl
 from rua_sink.storage.rows import Conn
 
 # pg_advisory_lock key: "rua-sink" as an integer, so that other users of the database
@@ -56,8 +62,9 @@ async def pending(conn: Conn) -> list[Migration]:
     return [m for m in available() if m.version not in done]
 
 
-async def migrate(conn: Conn) -> list[Migration]:
-    """Apply what is pending; returns the migrations this call applied."""
+async def migrate(conn: Conn, *, lock_wait: float = DEFAULT_WAIT) -> list[Migration]:
+    """Apply what is pending, each migration waiting for its table locks up to
+    ``lock_wait`` seconds (``LockTimeout`` then); returns the migrations this call applied."""
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK)
     try:
         await conn.execute(
@@ -71,13 +78,16 @@ async def migrate(conn: Conn) -> list[Migration]:
         )
         done = []
         for mig in await pending(conn):
-            async with conn.transaction():
+
+            async def apply(conn: Conn, mig: Migration = mig) -> None:
                 await conn.execute(mig.sql)
                 await conn.execute(
                     "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)",
                     mig.version,
                     mig.name,
                 )
+
+            await ddl(conn, apply, what=f"migration {mig.name}", wait=lock_wait)
             done.append(mig)
         return done
     finally:

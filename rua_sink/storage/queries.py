@@ -11,6 +11,7 @@ import asyncpg
 from rua_sink.core.arrival import Envelope
 from rua_sink.core.version import PARSER_VERSION
 from rua_sink.outcomes import RawStatus
+from rua_sink.storage.ddl import DEFAULT_WAIT
 from rua_sink.storage.partitions import Partitions
 from rua_sink.storage.rows import VERSION_OF, mail_auth_of
 
@@ -72,12 +73,17 @@ class Queries(Partitions):
         return row["content_gzip"], envelope, row["received_at"]
 
     async def prune(
-        self, cutoff: datetime, failure_cutoff: datetime | None = None
+        self,
+        cutoff: datetime,
+        failure_cutoff: datetime | None = None,
+        *,
+        lock_wait: float = DEFAULT_WAIT,
     ) -> dict[str, int]:
-        """Drop record partitions that end before ``cutoff``, and older reports and raw
-        messages; failure reports (which carry personal data, RFC 9991 7) and their raw
-        messages go at ``failure_cutoff`` when that is sooner."""
-        dropped = await self.drop_partitions(cutoff)
+        """Drop record partitions that end before ``cutoff`` (waiting for their locks up to
+        ``lock_wait`` seconds each, see ``ddl``), and older reports and raw messages;
+        failure reports (which carry personal data, RFC 9991 7) and their raw messages go
+        at ``failure_cutoff`` when that is sooner."""
+        dropped = await self.drop_partitions(cutoff, wait=lock_wait)
         async with self.pool.acquire() as conn, conn.transaction():
 
             async def delete(table: str, where: str, before: datetime = cutoff) -> int:
