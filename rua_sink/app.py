@@ -328,6 +328,18 @@ class App:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
             return False
 
+    async def _read_last_prune(self) -> None:
+        """The gauge of the last successful prune, read at each scrape (one indexed
+        lookup). When the database does not answer within a second or two, the scrape
+        keeps the value read before: readiness and the delivery metrics already say that
+        the database is away."""
+        try:
+            last = await asyncio.wait_for(self.store.last_prune(), 2)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
+            return
+        if last is not None:
+            self.handler.metrics.prune_last_success.set(last.timestamp())
+
     async def _http(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             request = await asyncio.wait_for(reader.readline(), 5)
@@ -335,6 +347,7 @@ class App:
             path = parts[1] if len(parts) >= 2 else ""
             content_type = "text/plain"
             if path == "/metrics":
+                await self._read_last_prune()
                 status, body = "200 OK", self.handler.metrics.exposition().decode()
                 content_type = "text/plain; version=0.0.4; charset=utf-8"
             elif path == "/healthz":

@@ -145,6 +145,13 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # Read from the database (prune runs as a job of its own, which is not scraped).
+        self.prune_last_success = Gauge(
+            "rua_sink_prune_last_success_timestamp_seconds",
+            "When the latest successful rua-sink prune finished, as recorded in the database "
+            "(0: never)",
+            registry=r,
+        )
 
     def dmarc(
         self,

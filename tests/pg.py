@@ -32,6 +32,7 @@ TABLES = (
     "aggregate_reports",
     "raw_messages",
     "source_hosts",
+    "prune_runs",
 )
 
 

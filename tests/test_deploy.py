@@ -7,11 +7,14 @@ There is no Docker engine here: the Dockerfile is linted (hadolint) and its inst
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import venv
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,7 @@ import pytest
 import yaml
 
 from .conftest import ROOT, corpus
+from .pg import fetch
 
 DOCKERFILE = ROOT / "Dockerfile"
 COMPOSE = ROOT / "deploy" / "compose.yaml"
@@ -139,9 +143,48 @@ def test_compose_file_follows_the_compose_specification() -> None:
     assert errors == []
 
 
+def test_compose_prunes_daily(db: str, tmp_path: Path) -> None:
+    """The prune service: the server's image, hardening and database, and a loop that runs
+    `rua-sink prune` and then sleeps a day. The loop itself is run here by sh, with the
+    real command on the PATH and a `sleep` that notes its argument and ends the loop."""
+    services = compose()["services"]
+    app, prune = services["rua-sink"], services["prune"]
+    for key in ("build", "image", "read_only", "tmpfs", "user", "cap_drop", "security_opt"):
+        assert prune[key] == app[key], key
+    assert (
+        prune["environment"]["RUA_SINK_DATABASE_URL"] == app["environment"]["RUA_SINK_DATABASE_URL"]
+    )
+    assert prune["init"] is True and prune["entrypoint"] == ["/bin/sh", "-c"]
+    (script,) = prune["command"]
+    script = script.replace("$$", "$")  # compose's escape of a literal $
+    assert "rua-sink prune --older-than" in script
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "rua-sink").symlink_to(Path(sys.executable).parent / "rua-sink")
+    slept = tmp_path / "slept"
+    sleep = bin_dir / "sleep"
+    sleep.write_text(f'#!/bin/sh\necho "$1" >> {slept}\nkill -TERM "$PPID"\n')
+    sleep.chmod(0o755)
+    environment = {k: str(v) for k, v in prune["environment"].items()}
+    environment["RUA_SINK_DATABASE_URL"] = db
+    done = subprocess.run(
+        ["/bin/sh", "-c", script],
+        env={**os.environ, **environment, "PATH": f"{bin_dir}:{os.environ['PATH']}"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == -signal.SIGTERM, done.stderr
+    assert slept.read_text() == "86400\n"  # a day after a success
+    (run,) = fetch(db, "SELECT cutoff, failure_cutoff FROM prune_runs")
+    assert run["failure_cutoff"] - run["cutoff"] == timedelta(days=400 - 30)
+
+
 def test_compose_trial_wiring() -> None:
     services = compose()["services"]
-    assert set(services) == {"postgres", "rua-sink", "prometheus", "grafana"}
+    assert set(services) == {"postgres", "rua-sink", "prune", "prometheus", "grafana"}
     app = services["rua-sink"]
     assert app["read_only"] is True and app["user"].startswith("10001")
     assert app["cap_drop"] == ["ALL"] and "/tmp" in app["tmpfs"]  # noqa: S108 - the container's

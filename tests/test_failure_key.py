@@ -200,7 +200,9 @@ def test_migration_keeps_the_first_of_the_copies_stored_before(
         env = {"RUA_SINK_DATABASE_URL": url}
         done = cli("migrate", env=env)
         assert done.returncode == 0, done.stderr
-        assert json.loads(done.stdout) == {"applied": ["0005_failure_report_key.sql"]}
+        applied = json.loads(done.stdout)["applied"]
+        assert applied == [m.name for m in migrate.available() if m.version >= 5]
+        assert applied[0] == "0005_failure_report_key.sql"
         kept = fetch(url, "SELECT id, report_format FROM failure_reports")
         assert sorted(r["id"] for r in kept) == ids[: len(NAMES)]
         assert {r["report_format"] for r in kept} == {"arf"}

@@ -86,6 +86,15 @@ def defaults() -> list[Manifest]:
     return _objects(_render({}))
 
 
+def _pod_specs(objects: list[Manifest]) -> Iterator[Manifest]:
+    """The pod spec of every workload: the Deployment, the Jobs, the CronJob's jobs."""
+    for obj in objects:
+        if obj["kind"] in {"Deployment", "Job"}:
+            yield obj["spec"]["template"]["spec"]
+        elif obj["kind"] == "CronJob":
+            yield obj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+
+
 def _containers(pod_spec: Manifest) -> Iterator[Manifest]:
     yield from pod_spec.get("initContainers", [])
     yield from pod_spec["containers"]
@@ -96,6 +105,7 @@ def test_ci_values_cover_defaults_and_everything() -> None:
         "defaults",
         "default-values",
         "full-values",
+        "no-prune-values",
         "production-example",
     }
 
@@ -123,9 +133,9 @@ def test_every_object_is_valid_kubernetes_1_30(rendered: dict[str, str]) -> None
 def test_pod_hardening_and_probes(rendered: dict[str, str]) -> None:
     objects = _objects(rendered)
     deployment = _one(objects, "Deployment")
-    job = _one(objects, "Job")
-    for workload in (deployment, job):
-        pod = workload["spec"]["template"]["spec"]
+    pods = list(_pod_specs(objects))
+    assert len(pods) >= 2  # the server and the migration, and prune unless switched off
+    for pod in pods:
         assert pod["securityContext"]["runAsNonRoot"] is True
         assert pod["securityContext"]["runAsUser"] == 10001
         assert {"name": "tmp", "emptyDir": {}} in pod["volumes"]
@@ -175,9 +185,7 @@ def test_default_traffic_policy_is_local(defaults: list[Manifest]) -> None:
 
 
 def test_database_secret_is_mounted_as_a_file(rendered: dict[str, str]) -> None:
-    objects = _objects(rendered)
-    for workload in (_one(objects, "Deployment"), _one(objects, "Job")):
-        pod = workload["spec"]["template"]["spec"]
+    for pod in _pod_specs(_objects(rendered)):
         container = pod["containers"][0]
         env = {e["name"]: e.get("value") for e in container["env"]}
         assert "RUA_SINK_DATABASE_URL" not in env
@@ -216,7 +224,7 @@ def test_full_values_wire_tls_proxy_and_extra_env(full: list[Manifest]) -> None:
 
 
 def test_network_policy(full: list[Manifest]) -> None:
-    spec = _one(full, "NetworkPolicy")["spec"]
+    spec = _one(full, "NetworkPolicy", "rua-sink")["spec"]
     smtp, metrics = spec["ingress"]
     assert "from" not in smtp and smtp["ports"] == [{"port": 2525, "protocol": "TCP"}]
     assert metrics["ports"] == [{"port": 9102, "protocol": "TCP"}]
@@ -244,6 +252,74 @@ def test_migration_job_is_a_hook(rendered: dict[str, str]) -> None:
     assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["migrate"]
+
+
+def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return selector.items() <= labels.items()
+
+
+def test_prune_cronjob_by_default(defaults: list[Manifest]) -> None:
+    cron = _one(defaults, "CronJob", "rua-sink-prune")
+    spec = cron["spec"]
+    assert spec["schedule"] == "30 4 * * *"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert "timeZone" not in spec
+    pod = spec["jobTemplate"]["spec"]["template"]["spec"]
+    assert pod["restartPolicy"] == "Never"
+    (container,) = pod["containers"]
+    assert container["args"] == ["prune", "--older-than", "400d", "--failure-older-than", "30d"]
+    assert container["resources"]["limits"]["memory"] == "256Mi"
+    # The same hardening and database wiring as the server's, from the same helpers.
+    server_pod = _one(defaults, "Deployment")["spec"]["template"]["spec"]
+    (server,) = server_pod["containers"]
+    assert pod["securityContext"] == server_pod["securityContext"]
+    assert container["securityContext"] == server["securityContext"]
+    url_file = [e for e in server["env"] if e["name"] == "RUA_SINK_DATABASE_URL_FILE"]
+    assert container["env"] == url_file
+    assert container["volumeMounts"] == [
+        m for m in server["volumeMounts"] if m["name"] in {"tmp", "database"}
+    ]
+    database = next(v for v in server_pod["volumes"] if v["name"] == "database")
+    assert database in pod["volumes"]
+    # Its pods are nobody's endpoints: the Services must not send them mail or scrapes.
+    labels = spec["jobTemplate"]["spec"]["template"]["metadata"]["labels"]
+    for service in (o for o in defaults if o["kind"] == "Service"):
+        assert not _selects(service["spec"]["selector"], labels), service["metadata"]["name"]
+    selector = _one(defaults, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert not _selects(selector, labels)
+
+
+def test_prune_values_reach_the_cronjob(full: list[Manifest]) -> None:
+    spec = _one(full, "CronJob")["spec"]
+    assert (spec["schedule"], spec["timeZone"]) == ("15 2 * * *", "Europe/Paris")
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["startingDeadlineSeconds"] == 7200
+    job = spec["jobTemplate"]["spec"]
+    assert (job["backoffLimit"], job["activeDeadlineSeconds"]) == (1, 1800)
+    pod = job["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["args"] == ["prune", "--older-than", "2y", "--failure-older-than", "14d"]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["RUA_SINK_DATABASE_URL_FILE"] == "/etc/rua-sink/database/database-url"
+    assert env["RUA_SINK_UNAUTHORIZED"] == "flag"  # extraEnv, as the server has it
+    assert pod["imagePullSecrets"] == [{"name": "registry"}]
+    # With the NetworkPolicy on, the prune pods get one of their own: out to DNS and the
+    # database only, nothing in.
+    policy = _one(full, "NetworkPolicy", "rua-sink-prune")["spec"]
+    assert _selects(policy["podSelector"]["matchLabels"], job["template"]["metadata"]["labels"])
+    assert "ingress" not in policy and policy["policyTypes"] == ["Ingress", "Egress"]
+    egress = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]}
+    assert egress == {(53, "UDP"), (53, "TCP"), (5432, "TCP")}
+    server_policy = _one(full, "NetworkPolicy", "rua-sink")["spec"]["podSelector"]
+    assert not _selects(server_policy["matchLabels"], job["template"]["metadata"]["labels"])
+
+
+def test_prune_switched_off() -> None:
+    values = _load_values(CHART / "ci" / "no-prune-values.yaml")
+    assert values["prune"] == {"enabled": False}
+    objects = _objects(_render(values | {"networkPolicy": {"enabled": True}}))
+    assert "CronJob" not in {o["kind"] for o in objects}
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "NetworkPolicy"] == ["rua-sink"]
 
 
 def test_dashboards_configmap(rendered: dict[str, str]) -> None:
@@ -300,6 +376,11 @@ def test_notes_print_the_dns_records() -> None:
         {"metrics": {"serviceMonitor": {"enabled": True, "bogus": 1}}},
         {"database": {"url": "mysql://nope"}},
         {"service": {"externalTrafficPolicy": "Nearest"}},
+        {"prune": {"bogus": 1}},
+        {"prune": {"retention": "400 days"}},
+        {"prune": {"failureRetention": "1h"}},
+        {"prune": {"schedule": "daily"}},
+        {"prune": {"enabled": "yes"}},
     ],
 )
 def test_schema_rejects_unknown_keys_and_bad_values(values: dict[str, Any]) -> None:

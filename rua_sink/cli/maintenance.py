@@ -58,22 +58,32 @@ def cmd_prune(args: argparse.Namespace, out: TextIO) -> int:
         keep_failures = settings.failure_retention
     failure_cutoff = now - keep_failures
 
-    async def run() -> dict[str, int]:
+    async def run() -> tuple[dict[str, int], datetime]:
         async with open_store(database_url=resolve_url(os.environ)) as store:
-            return await store.prune(cutoff, failure_cutoff, lock_wait=args.lock_wait)
+            counts = await store.prune(cutoff, failure_cutoff, lock_wait=args.lock_wait)
+            # Recorded for serve's rua_sink_prune_last_success_timestamp_seconds: a CronJob
+            # is not scraped, the database is what every replica reads.
+            finished = await store.record_prune(cutoff, max(cutoff, failure_cutoff), counts)
+            return counts, finished
 
-    result = asyncio.run(run())
-    out.write(
-        json.dumps(
-            {
-                "cutoff": cutoff.isoformat(),
-                "failure_cutoff": max(cutoff, failure_cutoff).isoformat(),
-                **result,
-            }
-        )
-        + "\n"
-    )
+    result, finished = asyncio.run(run())
+    summary = {
+        "cutoff": cutoff.isoformat(),
+        "failure_cutoff": max(cutoff, failure_cutoff).isoformat(),
+        **result,
+    }
+    out.write(json.dumps(summary) + "\n")
+    _log_prune(summary, finished)
     return 0
+
+
+def _log_prune(summary: dict[str, Any], finished: datetime) -> None:
+    """The structured log line of a prune that succeeded, on stderr (the JSON summary on
+    stdout stays the command's output)."""
+    from rua_sink import logs  # noqa: PLC0415 - structlog, only for the commands that log
+
+    logs.configure()
+    logs.get("rua_sink").info("prune_succeeded", finished_at=finished.isoformat(), **summary)
 
 
 def cmd_identify(args: argparse.Namespace, out: TextIO) -> int:

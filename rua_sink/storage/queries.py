@@ -3,6 +3,7 @@ pruning what is older than the retention."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -120,3 +121,26 @@ class Queries(Partitions):
             "raw_messages": raw + failures + copies,
             "source_hosts": hosts,
         }
+
+    async def record_prune(
+        self, cutoff: datetime, failure_cutoff: datetime, counts: dict[str, int]
+    ) -> datetime:
+        """A prune that finished, recorded (``prune_runs``) for ``serve``'s gauge of the
+        last success; the records older than ``cutoff`` go, as the rest did. Returns the
+        time recorded."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await conn.execute("DELETE FROM prune_runs WHERE finished_at < $1", cutoff)
+            finished: datetime = await conn.fetchval(
+                "INSERT INTO prune_runs (cutoff, failure_cutoff, counts) "
+                "VALUES ($1, $2, $3::jsonb) RETURNING finished_at",
+                cutoff,
+                failure_cutoff,
+                json.dumps(counts),
+            )
+        return finished
+
+    async def last_prune(self) -> datetime | None:
+        """When the latest recorded prune finished; None if none ever did."""
+        async with self.pool.acquire(timeout=2) as conn:
+            last: datetime | None = await conn.fetchval("SELECT max(finished_at) FROM prune_runs")
+        return last

@@ -26,6 +26,16 @@ app.kubernetes.io/name: {{ include "rua-sink.name" . }}
 app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
+{{/*
+The prune CronJob's pods: not the selector labels above, which the Services and the
+Deployment select by; part-of tells one release's from another's.
+*/}}
+{{- define "rua-sink.pruneSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "rua-sink.name" . }}
+app.kubernetes.io/component: prune
+app.kubernetes.io/part-of: {{ include "rua-sink.fullname" . }}
+{{- end }}
+
 {{- define "rua-sink.labels" -}}
 helm.sh/chart: {{ include "rua-sink.chart" . }}
 {{ include "rua-sink.selectorLabels" . }}
