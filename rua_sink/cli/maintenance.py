@@ -119,6 +119,9 @@ def cmd_db(args: argparse.Namespace, out: TextIO) -> int:
         out.write(server.start() + "\n")
     elif args.action == "stop":
         out.write(("stopped" if server.stop() else "not running") + "\n")
+    elif args.action == "bindir":
+        # Its pg_dump and pg_restore match the server's version (docs/operations.md).
+        out.write(f"{server.bindir}\n")
     else:
         out.write(f"{server.url}\n")
     return 0
@@ -174,6 +177,9 @@ def add_prune(sub: Any) -> None:
 
 
 def add_db(sub: Any) -> None:
-    p = sub.add_parser("db", help="the embedded PostgreSQL: start, stop, or print its URL")
-    p.add_argument("action", choices=("start", "stop", "url"))
+    p = sub.add_parser(
+        "db",
+        help="the embedded PostgreSQL: start, stop, print its URL or its programs' directory",
+    )
+    p.add_argument("action", choices=("start", "stop", "url", "bindir"))
     p.set_defaults(func=cmd_db)
