@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from rua_sink.smtp.data import remove_stale_spools
 from rua_sink.smtp.handler import ReportHandler
 from rua_sink.smtp.policy import AddressPolicy, Sessions
 from rua_sink.smtp.session import ReportSMTP
+from rua_sink.smtp.tls import Certificate
 from rua_sink.storage import migrate
 from rua_sink.storage.database import ensure_database
 from rua_sink.storage.store import Store
@@ -194,6 +194,21 @@ async def open_identifier(
         )
 
 
+def new_certificate(*, settings: Settings, metrics: Metrics) -> Certificate | None:
+    """The STARTTLS certificate of RUA_SINK_TLS_CERT and RUA_SINK_TLS_KEY, loaded (None
+    without them); ConfigError if the pair does not load."""
+    if not settings.tls_cert:
+        return None
+    certificate = Certificate(
+        settings.tls_cert,
+        settings.tls_key,
+        on_loaded=metrics.tls_expiry.set,
+        on_failure=metrics.tls_reload_failures.inc,
+    )
+    certificate.start()
+    return certificate
+
+
 @dataclass
 class App:
     settings: Settings
@@ -210,10 +225,18 @@ class App:
     #: Worker processes for the records of large reports (RUA_SINK_PARSE_WORKERS).
     parse_pool: ParsePool | None = None
     warming: asyncio.Future[None] | None = None
+    #: The STARTTLS certificate, if configured, and the task that reloads it.
+    certificate: Certificate | None = None
+    tls_watching: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> App:
         services = load_services(settings=settings)  # a broken file stops us here
+        metrics = Metrics(
+            max_domains=settings.metrics_max_domains,
+            max_reporters=settings.metrics_max_reporters,
+        )
+        certificate = new_certificate(settings=settings, metrics=metrics)  # and a bad pair
         store = await open_database(
             database_url=database_url, min_size=2, max_size=20, reset=keep_session
         )
@@ -223,10 +246,6 @@ class App:
         resolver = new_resolver(settings=settings)
         identifier = new_identifier(
             settings=settings, pool=pool, resolver=resolver, services=services
-        )
-        metrics = Metrics(
-            max_domains=settings.metrics_max_domains,
-            max_reporters=settings.metrics_max_reporters,
         )
         lookups = metrics.authorization
         authorizer = new_authorizer(
@@ -261,15 +280,15 @@ class App:
         )
         sessions = Sessions(settings.max_sessions, settings.max_sessions_per_ip)
         return cls(
-            settings, pool, store, handler, sessions, identifier=identifier, parse_pool=parse_pool
+            settings,
+            pool,
+            store,
+            handler,
+            sessions,
+            identifier=identifier,
+            parse_pool=parse_pool,
+            certificate=certificate,
         )
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        if not self.settings.tls_cert:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
-        return context
 
     def _protocol(self) -> ReportSMTP:
         s = self.settings
@@ -284,7 +303,8 @@ class App:
             enable_SMTPUTF8=True,
             hostname=s.hostname or socket.getfqdn(),
             ident=f"rua-sink {__version__}",
-            tls_context=self._tls_context(),
+            # The context of the moment: a reload gives later sessions a new one.
+            tls_context=self.certificate.context if self.certificate else None,
             require_starttls=False,  # RFC 3207 4: a public MX must not require it
             timeout=s.idle_timeout,
             command_call_limit=100,
@@ -302,6 +322,10 @@ class App:
         if self.parse_pool is not None:
             # Started beside the listeners: the first large report need not wait for them.
             self.warming = loop.run_in_executor(None, self.parse_pool.warm)
+        if self.certificate is not None:
+            self.tls_watching = asyncio.create_task(
+                self.certificate.watch(self.settings.tls_reload_interval), name="tls-reload"
+            )
         if self.identifier is not None:
             self.identifying = asyncio.create_task(self.identifier.run(), name="identify")
             self.identifying.add_done_callback(_identification_ended)
@@ -344,9 +368,10 @@ class App:
             writer.close()
 
     async def shutdown(self) -> None:
-        if self.identifying is not None:  # background work: it gives way at once
-            self.identifying.cancel()
-            await asyncio.gather(self.identifying, return_exceptions=True)
+        for task in (self.identifying, self.tls_watching):  # background work: gives way
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for server in (self.smtp_server, self.http_server):
             if server is not None:
                 server.close()
