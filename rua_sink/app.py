@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -53,6 +52,7 @@ from rua_sink.smtp.data import remove_stale_spools
 from rua_sink.smtp.handler import ReportHandler
 from rua_sink.smtp.policy import AddressPolicy, Sessions
 from rua_sink.smtp.session import ReportSMTP
+from rua_sink.smtp.tls import Certificate
 from rua_sink.storage import migrate
 from rua_sink.storage.database import ensure_database
 from rua_sink.storage.store import Store
@@ -203,6 +203,21 @@ async def open_identifier(
         )
 
 
+def new_certificate(*, settings: Settings, metrics: Metrics) -> Certificate | None:
+    """The STARTTLS certificate of RUA_SINK_TLS_CERT and RUA_SINK_TLS_KEY, loaded (None
+    without them); ConfigError if the pair does not load."""
+    if not settings.tls_cert:
+        return None
+    certificate = Certificate(
+        settings.tls_cert,
+        settings.tls_key,
+        on_loaded=metrics.tls_expiry.set,
+        on_failure=metrics.tls_reload_failures.inc,
+    )
+    certificate.start()
+    return certificate
+
+
 @dataclass
 class App:
     settings: Settings
@@ -221,10 +236,18 @@ class App:
     warming: asyncio.Future[None] | None = None
     #: Keeps the record partitions of this month and the next ready, every hour.
     partitioning: asyncio.Task[None] | None = None
+    #: The STARTTLS certificate, if configured, and the task that reloads it.
+    certificate: Certificate | None = None
+    tls_watching: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> App:
         services = load_services(settings=settings)  # a broken file stops us here
+        metrics = Metrics(
+            max_domains=settings.metrics_max_domains,
+            max_reporters=settings.metrics_max_reporters,
+        )
+        certificate = new_certificate(settings=settings, metrics=metrics)  # and a bad pair
         store = await open_database(
             database_url=database_url, min_size=2, max_size=20, reset=keep_session
         )
@@ -234,10 +257,6 @@ class App:
         resolver = new_resolver(settings=settings)
         identifier = new_identifier(
             settings=settings, pool=pool, resolver=resolver, services=services
-        )
-        metrics = Metrics(
-            max_domains=settings.metrics_max_domains,
-            max_reporters=settings.metrics_max_reporters,
         )
         lookups = metrics.authorization
         authorizer = new_authorizer(
@@ -272,15 +291,15 @@ class App:
         )
         sessions = Sessions(settings.max_sessions, settings.max_sessions_per_ip)
         return cls(
-            settings, pool, store, handler, sessions, identifier=identifier, parse_pool=parse_pool
+            settings,
+            pool,
+            store,
+            handler,
+            sessions,
+            identifier=identifier,
+            parse_pool=parse_pool,
+            certificate=certificate,
         )
-
-    def _tls_context(self) -> ssl.SSLContext | None:
-        if not self.settings.tls_cert:
-            return None
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(self.settings.tls_cert, self.settings.tls_key)
-        return context
 
     def _protocol(self) -> ReportSMTP:
         s = self.settings
@@ -295,7 +314,8 @@ class App:
             enable_SMTPUTF8=True,
             hostname=s.hostname or socket.getfqdn(),
             ident=f"rua-sink {__version__}",
-            tls_context=self._tls_context(),
+            # The context of the moment: a reload gives later sessions a new one.
+            tls_context=self.certificate.context if self.certificate else None,
             require_starttls=False,  # RFC 3207 4: a public MX must not require it
             timeout=s.idle_timeout,
             command_call_limit=100,
@@ -315,6 +335,10 @@ class App:
         if self.parse_pool is not None:
             # Started beside the listeners: the first large report need not wait for them.
             self.warming = loop.run_in_executor(None, self.parse_pool.warm)
+        if self.certificate is not None:
+            self.tls_watching = asyncio.create_task(
+                self.certificate.watch(self.settings.tls_reload_interval), name="tls-reload"
+            )
         if self.identifier is not None:
             self.identifying = asyncio.create_task(self.identifier.run(), name="identify")
             self.identifying.add_done_callback(_identification_ended)
@@ -371,7 +395,7 @@ class App:
             writer.close()
 
     async def shutdown(self) -> None:
-        for task in (self.identifying, self.partitioning):  # background work: gives way at once
+        for task in (self.identifying, self.partitioning, self.tls_watching):  # gives way
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)

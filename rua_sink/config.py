@@ -162,6 +162,13 @@ SETTINGS: dict[str, Setting] = {
     ),
     "tls_cert": Setting("RUA_SINK_TLS_CERT", "", "PEM certificate chain: enables STARTTLS"),
     "tls_key": Setting("RUA_SINK_TLS_KEY", "", "PEM private key of that certificate"),
+    "tls_reload_interval": Setting(
+        "RUA_SINK_TLS_RELOAD_INTERVAL",
+        "30",
+        "seconds between checks of the certificate and key files; a changed pair that "
+        "loads is served to new sessions",
+        float,
+    ),
     "proxy_protocol_from": Setting(
         "RUA_SINK_PROXY_PROTOCOL_FROM",
         "",
@@ -253,6 +260,7 @@ class Settings:
     failure_retention: timedelta
     tls_cert: str
     tls_key: str
+    tls_reload_interval: float
     proxy_protocol_from: tuple[IPv4Network | IPv6Network, ...]
     metrics_max_domains: int
     metrics_max_reporters: int
@@ -293,7 +301,13 @@ class Settings:
             local, at, dom = address.rpartition("@")
             if not at or not local or not dom:
                 raise ConfigError(f"not an address or *@domain: {address!r}")
-        for name in ("dns_timeout", "idle_timeout", "data_timeout", "identify_interval"):
+        for name in (
+            "dns_timeout",
+            "idle_timeout",
+            "data_timeout",
+            "identify_interval",
+            "tls_reload_interval",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
 

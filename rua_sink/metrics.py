@@ -152,6 +152,19 @@ class Metrics:
             "(0: never)",
             registry=r,
         )
+        # The STARTTLS certificate (smtp.tls): always exported, 0 while none is served, so
+        # that the alert on its expiry needs no "absent" case.
+        self.tls_expiry = Gauge(
+            "rua_sink_tls_certificate_expiry_timestamp_seconds",
+            "notAfter of the certificate STARTTLS serves (0: none configured)",
+            registry=r,
+        )
+        self.tls_reload_failures = Counter(
+            "rua_sink_tls_reload_failures_total",
+            "Changes of the certificate or key file that did not load (the last good pair "
+            "is still served)",
+            registry=r,
+        )
 
     def dmarc(
         self,
