@@ -24,8 +24,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography import x509
-
 from rua_sink import logs
 from rua_sink.errors import ConfigError
 
@@ -64,6 +62,10 @@ def load(cert: Path, key: Path) -> tuple[bytes, Served]:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     # OpenSSL checks here that the key is the certificate's (SSL_CTX_check_private_key).
     context.load_cert_chain(cert, key)
+    # Imported here, not at the top: a server without STARTTLS does not pay for it (about
+    # 8 MiB of RSS).
+    from cryptography import x509  # noqa: PLC0415
+
     # The leaf is the first certificate of the chain file, as OpenSSL takes it.
     leaf = x509.load_pem_x509_certificates(cert.read_bytes())[0]
     if _digest(cert, key) != before:
