@@ -7,11 +7,9 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import tempfile
 import uuid
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -20,6 +18,8 @@ import pytest
 
 from rua_sink.storage import migrate
 from rua_sink.storage.database import Embedded, find_bindir
+
+from .procs import traversable_tmpdir
 
 T = TypeVar("T")
 
@@ -113,9 +113,7 @@ def server_url() -> Iterator[str]:
     if _answers("127.0.0.1", 5432):
         yield "postgresql://postgres@127.0.0.1:5432/postgres"
         return
-    # A directory the server's own user can reach when the tests run as root.
-    data = Path(tempfile.mkdtemp(prefix="rua-sink-test-pg-", dir="/tmp"))
-    data.chmod(0o755)
+    data = traversable_tmpdir("rua-sink-test-pg-")
     server = Embedded(data, find_bindir())
     server.start()
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -71,3 +72,11 @@ def proc_pss(pid: int) -> int:
         if line.startswith("Pss:"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def traversable_tmpdir(prefix: str) -> Path:
+    """A new directory under /tmp that every user may traverse: run as root, the embedded
+    PostgreSQL runs as another user, which must reach its data directory."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    path.chmod(0o755)
+    return path

@@ -9,7 +9,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -17,13 +16,12 @@ from pathlib import Path
 import pytest
 
 from . import procs
-from .conftest import corpus
 from .pg import fetch, scratch_database
 from .reports import gz, message, report_xml, signed, tls_message
 from .smtpserver import Server, example_zone, running, send
+from .test_failure_reports import RUF, arf
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "operations.md"
-RUF = "ruf@failures.example.net"
 STORED = (250, "2.0.0 Report accepted")
 DUPLICATE = (250, "2.0.0 Report already received, accepted")
 #: the date ranges of report_xml, and of two later months: (begin, end) in Unix time
@@ -90,16 +88,9 @@ def aggregate(report_id: str, days: tuple[int, int]) -> bytes:
     return signed(message((gz(xml), "application/gzip", "r!example.com!1!2.xml.gz")))
 
 
-def arf() -> bytes:
-    data = corpus("stalwartlabs__mail-auth/resources/arf/003.eml").read_bytes()
-    return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-
-
 @pytest.fixture
 def workdir() -> Iterator[Path]:
-    # Under /tmp and world-traversable: as root, the embedded server runs as another user.
-    path = Path(tempfile.mkdtemp(prefix="rua-sink-backup-", dir="/tmp"))
-    path.chmod(0o755)
+    path = procs.traversable_tmpdir("rua-sink-backup-")
     try:
         yield path
     finally:
@@ -128,7 +119,7 @@ def test_a_dump_restored_into_an_empty_database_serves_on(server_url: str, workd
         with sink(original) as srv:
             for data in before.values():
                 assert send(srv, data) == STORED
-            assert send(srv, arf(), rcpt=RUF) == STORED
+            assert send(srv, arf("003.eml"), rcpt=RUF) == STORED
             # Dumped while serve runs, as a scheduled backup would be.
             run_block("dump", workdir, RUA_SINK_DATABASE_URL=original)
         counts = table_counts(original)
@@ -144,7 +135,7 @@ def test_a_dump_restored_into_an_empty_database_serves_on(server_url: str, workd
         with sink(restored) as srv:
             for data in before.values():
                 assert send(srv, data) == DUPLICATE
-            assert send(srv, arf(), rcpt=RUF) == DUPLICATE
+            assert send(srv, arf("003.eml"), rcpt=RUF) == DUPLICATE
             # A new report, of a month with no partition in the dump.
             assert send(srv, aggregate("backup-jan", JANUARY)) == STORED
             assert srv.fetch("SELECT 1 FROM aggregate_reports WHERE report_id = 'backup-jan'")

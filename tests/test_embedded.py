@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +15,7 @@ from .conftest import corpus
 
 @pytest.fixture
 def data_dir() -> Iterator[Path]:
-    # Under /tmp and world-traversable: as root, the server runs as another user.
-    path = Path(tempfile.mkdtemp(prefix="rua-sink-embedded-", dir="/tmp"))
-    path.chmod(0o755)
+    path = procs.traversable_tmpdir("rua-sink-embedded-")
     try:
         yield path
     finally:
