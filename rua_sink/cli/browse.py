@@ -15,6 +15,7 @@ from typing import Any, TextIO
 
 import asyncpg
 
+from rua_sink.cli.output import Column, emit, printable
 from rua_sink.core.headers import header_text, leading_header_block, parse_fields
 from rua_sink.outcomes import RawStatus
 from rua_sink.storage.database import resolve_url
@@ -22,11 +23,6 @@ from rua_sink.storage.rows import unpack_archived
 
 _STATUSES = tuple(RawStatus)
 _HEAD_BYTES = 65536
-
-
-def _printable(text: str) -> str:
-    """Mail is written by strangers: no control characters reach the operator's terminal."""
-    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def message_head(head_gzip: bytes) -> dict[str, str | None]:
@@ -38,7 +34,7 @@ def message_head(head_gzip: bytes) -> dict[str, str | None]:
         head = b""
     fields = parse_fields(leading_header_block(io.BytesIO(head), _HEAD_BYTES))
     texts = {name: header_text(fields, name) for name in ("from", "subject")}
-    return {name: None if text is None else _printable(text) for name, text in texts.items()}
+    return {name: None if text is None else printable(text) for name, text in texts.items()}
 
 
 def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
@@ -54,8 +50,8 @@ def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
         async with open_store(database_url=resolve_url(os.environ)) as store:
             return await store.list_raw(statuses, args.limit)
 
-    for row in asyncio.run(run()):
-        item = {
+    rows = [
+        {
             "id": row["id"],
             "received_at": row["received_at"].isoformat(),
             "status": row["status"],
@@ -68,16 +64,24 @@ def cmd_messages(args: argparse.Namespace, out: TextIO) -> int:
             "rcpt_to": list(row["rcpt_to"]),
             **message_head(row["head_gzip"]),
         }
-        if args.json:
-            out.write(json.dumps(item, ensure_ascii=False) + "\n")
-            continue
-        sender = _printable(row["mail_from"] or row["source"] or "")
-        out.write(
-            f"{row['id']:>8}  {row['received_at']:%Y-%m-%d %H:%M:%S}  {row['status']:<12}  "
-            f"{row['reason'] or '-':<22}  {row['size_bytes']:>9}  {sender or '<>'}  "
-            f"{item['subject'] or ''}\n"
-        )
+        for row in asyncio.run(run())
+    ]
+    for item in rows:
+        item["received"] = item["received_at"][:19].replace("T", " ")
+        item["sender"] = item["mail_from"] or item["source"] or "<>"
+    emit(out, _MESSAGE_COLUMNS, rows, as_json=args.json, empty="no messages")
     return 0
+
+
+_MESSAGE_COLUMNS = (
+    Column("id", "ID", right=True),
+    Column("received", "RECEIVED (UTC)"),
+    Column("status", "STATUS"),
+    Column("reason", "REASON"),
+    Column("size", "BYTES", right=True),
+    Column("sender", "SENDER"),
+    Column("subject", "SUBJECT"),
+)
 
 
 def cmd_raw(args: argparse.Namespace, out: TextIO) -> int:
