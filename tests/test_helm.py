@@ -252,6 +252,22 @@ def test_migration_job_is_a_hook(rendered: dict[str, str]) -> None:
     assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["migrate"]
+    # During an upgrade its pod runs beside the servers: no Service may send it mail or
+    # scrapes, and the server's NetworkPolicy is not its.
+    objects = _objects(rendered)
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    assert labels["app.kubernetes.io/component"] == "migrate"
+    for service in (o for o in objects if o["kind"] == "Service"):
+        assert not _selects(service["spec"]["selector"], labels), service["metadata"]["name"]
+    assert not _selects(_one(objects, "Deployment")["spec"]["selector"]["matchLabels"], labels)
+
+
+def test_jobs_network_policy_covers_migrate(full: list[Manifest]) -> None:
+    job = _one(full, "Job")["spec"]["template"]["metadata"]["labels"]
+    policy = _one(full, "NetworkPolicy", "rua-sink-jobs")["spec"]
+    assert _selects(policy["podSelector"]["matchLabels"], job)
+    server_policy = _one(full, "NetworkPolicy", "rua-sink")["spec"]["podSelector"]
+    assert not _selects(server_policy["matchLabels"], job)
 
 
 def _selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
@@ -303,9 +319,9 @@ def test_prune_values_reach_the_cronjob(full: list[Manifest]) -> None:
     assert env["RUA_SINK_DATABASE_URL_FILE"] == "/etc/rua-sink/database/database-url"
     assert env["RUA_SINK_UNAUTHORIZED"] == "flag"  # extraEnv, as the server has it
     assert pod["imagePullSecrets"] == [{"name": "registry"}]
-    # With the NetworkPolicy on, the prune pods get one of their own: out to DNS and the
+    # With the NetworkPolicy on, the jobs' pods get one of their own: out to DNS and the
     # database only, nothing in.
-    policy = _one(full, "NetworkPolicy", "rua-sink-prune")["spec"]
+    policy = _one(full, "NetworkPolicy", "rua-sink-jobs")["spec"]
     assert _selects(policy["podSelector"]["matchLabels"], job["template"]["metadata"]["labels"])
     assert "ingress" not in policy and policy["policyTypes"] == ["Ingress", "Egress"]
     egress = {(p["port"], p["protocol"]) for rule in policy["egress"] for p in rule["ports"]}
@@ -319,6 +335,10 @@ def test_prune_switched_off() -> None:
     assert values["prune"] == {"enabled": False}
     objects = _objects(_render(values | {"networkPolicy": {"enabled": True}}))
     assert "CronJob" not in {o["kind"] for o in objects}
+    policies = [o["metadata"]["name"] for o in objects if o["kind"] == "NetworkPolicy"]
+    assert policies == ["rua-sink", "rua-sink-jobs"]  # the migrate Job's remains
+    both_off = values | {"networkPolicy": {"enabled": True}, "migration": {"enabled": False}}
+    objects = _objects(_render(both_off))
     assert [o["metadata"]["name"] for o in objects if o["kind"] == "NetworkPolicy"] == ["rua-sink"]
 
 

@@ -27,12 +27,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end }}
 
 {{/*
-The prune CronJob's pods: not the selector labels above, which the Services and the
-Deployment select by; part-of tells one release's from another's.
+The pods of the Jobs (migrate, prune): not the selector labels above, which the Services
+and the Deployment select by, so that no Service sends them mail or scrapes; part-of tells
+one release's from another's, and the jobs' NetworkPolicy selects by these.
 */}}
-{{- define "rua-sink.pruneSelectorLabels" -}}
+{{- define "rua-sink.jobSelectorLabels" -}}
 app.kubernetes.io/name: {{ include "rua-sink.name" . }}
-app.kubernetes.io/component: prune
 app.kubernetes.io/part-of: {{ include "rua-sink.fullname" . }}
 {{- end }}
 
