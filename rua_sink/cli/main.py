@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import asyncpg
 
 from rua_sink import __version__
-from rua_sink.cli import browse, ingest, jsonout, maintenance, serve
+from rua_sink.cli import browse, ingest, jsonout, maintenance, serve, settings
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import (
     AggregateEnd,
@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_send(sub)
     serve.add_check_auth(sub)
     serve.add_serve(sub)
+    settings.add_config(sub)
     maintenance.add_migrate(sub)
     ingest.add_ingest(sub, limits_parent)
     ingest.add_reprocess(sub, limits_parent)

@@ -10,9 +10,11 @@ import json
 import os
 import smtplib
 import sys
+import textwrap
 from pathlib import Path
 from typing import Any, TextIO
 
+from rua_sink.cli import settings
 from rua_sink.config import Settings
 from rua_sink.core.names import organizational_domain
 from rua_sink.errors import AuthorizationUnavailable, SendError
@@ -109,5 +111,16 @@ def add_check_auth(sub: Any) -> None:
 
 
 def add_serve(sub: Any) -> None:
-    p = sub.add_parser("serve", help="run the SMTP receiver (configured from RUA_SINK_* variables)")
+    p = sub.add_parser(
+        "serve",
+        help="run the SMTP receiver (configured from RUA_SINK_* variables)",
+        description=textwrap.fill(
+            "Run the SMTP receiver: report mail on RUA_SINK_SMTP_LISTEN, health, readiness "
+            "and metrics on RUA_SINK_HTTP_LISTEN. Every setting is an environment variable, "
+            "listed below; rua-sink config shows their values now.",
+            79,
+        ),
+        epilog=settings.help_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(func=cmd_serve)
