@@ -187,7 +187,7 @@ _COLUMNS = (
 def cmd_config(args: argparse.Namespace, out: TextIO) -> int:
     table = list(rows(os.environ))
     bad = [row for row in table if not row["valid"]]
-    columns = _COLUMNS
+    columns: tuple[Column, ...] = _COLUMNS
     if bad and not args.json:
         columns = (*columns, Column("problem", "PROBLEM"))
         for row in bad:

@@ -88,7 +88,8 @@ class Limits:
 HELP: dict[str, str] = {
     "max_message_bytes": "raw message size (the SMTP SIZE)",
     "max_header_bytes": "one header block",
-    "max_line_bytes": "one line of a message: a DATA line over SMTP, a body line when parsed (RFC 5322 allows 998)",
+    "max_line_bytes": "one line of a message: a DATA line over SMTP, a body line when "
+    "parsed (RFC 5322 allows 998)",
     "max_mime_depth": "nesting of multiparts and `message/rfc822`",
     "max_mime_parts": "MIME parts in one message",
     "max_decompressed_bytes": "decompressed bytes of one part, all layers and zip members together",
