@@ -140,7 +140,12 @@ async def open_ingester(
         open_store(database_url=database_url) as store,
         open_parse_pool(settings=settings) as workers,
     ):
-        yield Ingester(store, limits=limits, fanout=workers.fanout)
+        yield Ingester(
+            store,
+            limits=limits,
+            failure_keep_body=settings.failure_keep_body,
+            fanout=workers.fanout,
+        )
 
 
 def new_resolver(*, settings: Settings) -> dns.asyncresolver.Resolver:

@@ -121,12 +121,13 @@ def limits_from(args: argparse.Namespace) -> Limits:
     for item in args.limit_pairs or ():
         name, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"rua-sink: --limit takes NAME=VALUE, not {item!r}")
+            raise ConfigError(f"--limit takes NAME=VALUE, not {item!r}")
         pairs[name.strip().replace("-", "_")] = value
+    limits = Limits.from_env(os.environ)  # a bad value names its variable
     try:
-        return Limits.from_env(os.environ).with_values(pairs)
+        return limits.with_values(pairs)
     except ValueError as exc:
-        raise SystemExit(f"rua-sink: {exc}") from exc
+        raise ConfigError(f"--limit: {exc}") from exc
 
 
 def cmd_parse(args: argparse.Namespace, out: TextIO) -> int:
@@ -198,24 +199,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: Exit statuses, the same for every command (docs/commands.md, "Exit status").
+OK, NOTHING, FAILED = 0, 1, 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Expected failures are one line on stderr, never a traceback: 0 done,
+    1 done but nothing found or some input failed, 2 not done (usage, a setting, a server or
+    database that cannot be reached); argparse's usage errors are 2 too."""
     args = build_parser().parse_args(argv)
-    if hasattr(args, "limit_pairs"):
-        args.limits = limits_from(args)
     try:
+        if hasattr(args, "limit_pairs"):
+            args.limits = limits_from(args)
         return int(args.func(args, sys.stdout))
     except BrokenPipeError:
-        return 1
-    except ConfigError as exc:  # a setting, or a file a setting names
+        # The reader went away (| head): nothing more to say, and nowhere to say it.
+        # stdout goes to /dev/null, so that the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return NOTHING
+    except KeyboardInterrupt:
+        print("rua-sink: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, DatabaseError) as exc:  # a setting, a file it names, the database
         print(f"rua-sink: {exc}", file=sys.stderr)
-        return 2
-    except DatabaseError as exc:
-        print(f"rua-sink: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        # The database is down or refuses us: say so, without a traceback.
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # The database went away or refused a statement after we reached it.
         print(f"rua-sink: database error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # a file named on the command line, a lost connection
+        print(f"rua-sink: {exc}", file=sys.stderr)
+    return FAILED
 
 
 if __name__ == "__main__":

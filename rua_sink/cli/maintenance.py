@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from rua_sink import config
+from rua_sink.cli.args import positive_int
 from rua_sink.config import Settings
 from rua_sink.storage import migrate
 from rua_sink.storage.database import embedded, resolve_url
@@ -150,7 +151,9 @@ def add_identify(sub: Any) -> None:
         help="look up the PTR names and services of source addresses not looked up yet "
         "or due again (backfilled reports)",
     )
-    p.add_argument("--limit", type=int, metavar="N", help="at most N addresses (default: all)")
+    p.add_argument(
+        "--limit", type=positive_int, metavar="N", help="at most N addresses (default: all)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_identify)
 

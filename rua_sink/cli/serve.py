@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from rua_sink.cli import settings
+from rua_sink.cli.args import address, domain_name
 from rua_sink.config import SETTINGS, Settings
 from rua_sink.core.names import organizational_domain
 from rua_sink.errors import AuthorizationUnavailable, SendError
@@ -130,7 +131,9 @@ def add_send(sub: Any) -> None:
     p.add_argument(
         "file", metavar="FILE", help="a report file (.xml, .xml.gz, .zip, .json) or .eml"
     )
-    p.add_argument("--to", required=True, metavar="ADDR", help="a report address of the server")
+    p.add_argument(
+        "--to", required=True, type=address, metavar="ADDR", help="a report address of the server"
+    )
     p.add_argument(
         "--server",
         type=server_address,
@@ -145,8 +148,8 @@ def add_send(sub: Any) -> None:
 
 def add_check_auth(sub: Any) -> None:
     p = sub.add_parser("check-auth", help="what the external-destination authorization check sees")
-    p.add_argument("domain", metavar="POLICY_DOMAIN")
-    p.add_argument("--rua", required=True, metavar="ADDR", help="the report address")
+    p.add_argument("domain", type=domain_name, metavar="POLICY_DOMAIN")
+    p.add_argument("--rua", required=True, type=address, metavar="ADDR", help="the report address")
     p.add_argument("--tls", action="store_true", help="check as for an SMTP TLS report")
     p.set_defaults(func=cmd_check_auth)
 
