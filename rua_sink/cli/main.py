@@ -123,7 +123,10 @@ def limits_from(args: argparse.Namespace) -> Limits:
         if not sep:
             raise ConfigError(f"--limit takes NAME=VALUE, not {item!r}")
         pairs[name.strip().replace("-", "_")] = value
-    limits = Limits.from_env(os.environ)  # a bad value names its variable
+    try:
+        limits = Limits.from_env(os.environ)
+    except ValueError as exc:  # it names the variable
+        raise ConfigError(str(exc)) from exc
     try:
         return limits.with_values(pairs)
     except ValueError as exc:

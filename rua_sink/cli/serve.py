@@ -121,7 +121,13 @@ def cmd_check_auth(args: argparse.Namespace, out: TextIO) -> int:
         result = asyncio.run(check)
     except AuthorizationUnavailable as exc:
         out.write(json.dumps({**report, "verdict": "temporary_error", "detail": str(exc)}) + "\n")
-        return 1
+        servers = ", ".join(settings.dns_nameservers) or "the system resolver"
+        print(
+            f"rua-sink: DNS did not answer ({servers}; RUA_SINK_DNS_NAMESERVERS and "
+            f"RUA_SINK_DNS_TIMEOUT choose them): {exc}",
+            file=sys.stderr,
+        )
+        return 2
     out.write(json.dumps({**report, "verdict": str(result.verdict), "query": result.query}) + "\n")
     return 0 if result.verdict.allowed else 1
 
