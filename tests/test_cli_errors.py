@@ -17,7 +17,10 @@ from .pg import fetch
 from .procs import CLI, cli
 from .smtpserver import free_port
 
-AGGREGATE = "georgestarcher__dmarcgo/testdata/fixtures/amazonses.com!georgestarcher.com!1518134400!1518220800.xml.gz"
+AGGREGATE = (
+    "georgestarcher__dmarcgo/testdata/fixtures/"
+    "amazonses.com!georgestarcher.com!1518134400!1518220800.xml.gz"
+)
 PASSWORD = "hunter2-secret"
 
 
