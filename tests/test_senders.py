@@ -505,7 +505,7 @@ def test_identify_and_report_commands(db: str, dns_zone: tuple[Zone, str], tmp_p
     failing_at = next(i for i, x in enumerate(lines) if x.startswith("FAILING SOURCE "))
 
     def line(ip: str, part: list[str]) -> str:
-        (found,) = [x for x in part if x.split()[0] == ip]
+        (found,) = [x for x in part if x.split()[:1] == [ip]]
         return found
 
     top_lines = lines[sources_at + 1 : failing_at]
