@@ -125,7 +125,7 @@ def test_the_text_has_aligned_tables_with_headers(db: str, stored: dict[str, Any
     head, reporters, sources, failing = blocks
     assert head.splitlines()[1] == (
         f"{got['reports']} reports: {got['messages']} messages, {got['passing']} passing DMARC "
-        f"({got['pass_rate']}%), from {got['source_count']} sources"
+        f"({got['pass_rate']}%), from {got['source_count']} sources"  # each more than one
     )
     tables = {
         "REPORTER": (reporters, ["REPORTER", "REPORTS", "MESSAGES"], got["reporters"]),

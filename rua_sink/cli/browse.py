@@ -147,7 +147,8 @@ def hint(result: DomainSummary) -> str | None:
     try_until = f"{last + timedelta(days=1):%Y-%m-%d}"
     return (
         f"no reports between {_when(result.since)} and {_when(result.until)}; "
-        f"{result.all_reports} reports exist from {first:%Y-%m-%d} to {last:%Y-%m-%d}: "
+        f"{_n(result.all_reports, 'report')} {'exists' if result.all_reports == 1 else 'exist'} "
+        f"from {first:%Y-%m-%d} to {last:%Y-%m-%d}: "
         f"try --since {try_since} --until {try_until}"
     )
 
@@ -183,6 +184,10 @@ _FAILING_COLUMNS = (
 )
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
 def write_report(out: TextIO, result: DomainSummary) -> None:
     """The text form: a heading, the totals, then the reporters, the top sources and the
     top failing sources, each a table."""
@@ -193,8 +198,8 @@ def write_report(out: TextIO, result: DomainSummary) -> None:
         out.write(note + "\n")
         return
     out.write(
-        f"{result.reports} reports: {result.messages} messages, {result.passing} passing "
-        f"DMARC ({rate}), from {result.source_count} sources\n"
+        f"{_n(result.reports, 'report')}: {_n(result.messages, 'message')}, {result.passing} "
+        f"passing DMARC ({rate}), from {_n(result.source_count, 'source')}\n"
     )
     tables = (
         (_REPORTER_COLUMNS, result.reporters),
