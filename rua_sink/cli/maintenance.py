@@ -139,9 +139,17 @@ def add_lock_wait(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_json(p: argparse.ArgumentParser) -> None:
+    """--json, which every command that prints takes; here the output is JSON anyway."""
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object (the output is JSON anyway)"
+    )
+
+
 def add_migrate(sub: Any) -> None:
     p = sub.add_parser("migrate", help="apply pending database migrations")
     add_lock_wait(p)
+    add_json(p)
     p.set_defaults(func=cmd_migrate)
 
 
@@ -176,6 +184,7 @@ def add_prune(sub: Any) -> None:
         help="failure reports and their messages (default: RUA_SINK_FAILURE_RETENTION, 30d)",
     )
     add_lock_wait(p)
+    add_json(p)
     p.set_defaults(func=cmd_prune)
 
 

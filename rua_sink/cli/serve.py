@@ -157,6 +157,9 @@ def add_check_auth(sub: Any) -> None:
     p.add_argument("domain", type=domain_name, metavar="POLICY_DOMAIN")
     p.add_argument("--rua", required=True, type=address, metavar="ADDR", help="the report address")
     p.add_argument("--tls", action="store_true", help="check as for an SMTP TLS report")
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object (the output is JSON anyway)"
+    )
     p.set_defaults(func=cmd_check_auth)
 
 

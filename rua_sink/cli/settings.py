@@ -73,7 +73,7 @@ def variables() -> list[Variable]:
 
 
 _TITLES = {
-    "setting": "settings (rua-sink config shows their values now)",
+    "setting": "settings",
     "limit": "limits (sizes take a binary suffix: 16MiB, 1g; --limit NAME=VALUE where a "
     "command takes it)",
     "database": "database",
