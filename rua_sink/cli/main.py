@@ -229,7 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The database went away or refused a statement after we reached it.
         print(f"rua-sink: database error: {exc}", file=sys.stderr)
     except OSError as exc:  # a file named on the command line, a lost connection
-        print(f"rua-sink: {exc}", file=sys.stderr)
+        print(f"rua-sink: {str(exc) or type(exc).__name__}", file=sys.stderr)
     return FAILED
 
 
