@@ -58,7 +58,8 @@ def test_an_empty_window_says_where_the_reports_are(db: str, stored: dict[str, A
     assert (got["reports"], got["messages"], got["all_reports"]) == (0, 0, stored["n"])
     assert datetime.fromisoformat(got["first_report"]) == first
     assert datetime.fromisoformat(got["last_report"]) == last
-    assert got["hint"] == lines[1]
+    # The same words (the window's "now" may be a minute later on the second run).
+    assert got["hint"].split("; ")[1:] == lines[1].split("; ")[1:]
     # Following the hint finds every one of them.
     status, got = as_json(db, DOMAIN, "--since", since, "--until", until)
     assert status == 0
