@@ -29,8 +29,9 @@ from rua_sink.storage.database import redacted
 PREFIX = "RUA_SINK_"
 #: Variables whose value is never printed, only whether it is set.
 _SECRET_SUFFIXES = ("_PASSWORD", "_SECRET", "_TOKEN")
-#: Variables of the tests and the tools around rua-sink, not settings of the program.
-_NOT_SETTINGS = ("RUA_SINK_TEST_",)
+#: Variables of the tests, the benchmarks and Grafana's provisioning (deploy/grafana), not
+#: settings of the program.
+_NOT_SETTINGS = ("RUA_SINK_TEST_", "RUA_SINK_BENCH_", "RUA_SINK_PG_")
 
 
 @dataclass(frozen=True, slots=True)
