@@ -8,6 +8,7 @@ import asyncio
 import json
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -105,6 +106,18 @@ _QUARANTINE_COLUMNS = (
 _UNREADABLE_COLUMNS = (Column("source", "NOT READ"), Column("detail", "WHY"))
 
 
+def readable(paths: list[str], unreadable: list[dict[str, Any]]) -> Iterator[backfill.Item]:
+    """The messages of ``paths``; a path that cannot be read (or a file in it: the rest of
+    that path is skipped) is added to ``unreadable``, and the next path is read. Errors of
+    what is done with a message are not caught here: they are not the file's."""
+    for path in paths:
+        try:
+            yield from backfill.items([path])
+        except OSError as exc:
+            where = exc.filename or path
+            unreadable.append({"source": str(where), "detail": exc.strerror or str(exc)})
+
+
 def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
     from rua_sink.app import open_ingester  # noqa: PLC0415 - see main's docstring
 
@@ -117,21 +130,12 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
             settings=settings, database_url=resolve_url(os.environ), limits=limits
         ) as ingester:
             with Progress("messages ingested") as progress:
-                for path in args.paths:
+                for item in readable(args.paths, summary.unreadable):
                     try:
-                        for item in backfill.items([path]):
-                            try:
-                                result = await ingester.ingest(
-                                    item.file, Envelope(source=item.label)
-                                )
-                            finally:
-                                item.file.close()
-                            summary.add(item.label, result, progress)
-                    except OSError as exc:  # the path, or a file in it, cannot be read
-                        where = exc.filename or path
-                        summary.unreadable.append(
-                            {"source": str(where), "detail": exc.strerror or str(exc)}
-                        )
+                        result = await ingester.ingest(item.file, Envelope(source=item.label))
+                    finally:
+                        item.file.close()
+                    summary.add(item.label, result, progress)
 
     asyncio.run(run())
     summary.write(out, as_json=args.json)

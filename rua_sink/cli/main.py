@@ -202,12 +202,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: Exit statuses, the same for every command (docs/commands.md, "Exit status").
-OK, NOTHING, FAILED = 0, 1, 2
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command. Expected failures are one line on stderr, never a traceback: 0 done,
+    """Run one command. Expected failures are one line on stderr, never a traceback. The
+    exit status is the same for every command (docs/commands.md, "Exit status"): 0 done,
     1 done but nothing found or some input failed, 2 not done (usage, a setting, a server or
     database that cannot be reached); argparse's usage errors are 2 too."""
     args = build_parser().parse_args(argv)
@@ -219,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The reader went away (| head): nothing more to say, and nowhere to say it.
         # stdout goes to /dev/null, so that the flush at exit does not fail again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return NOTHING
+        return 1
     except KeyboardInterrupt:
         print("rua-sink: interrupted", file=sys.stderr)
         return 130
@@ -230,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"rua-sink: database error: {exc}", file=sys.stderr)
     except OSError as exc:  # a file named on the command line, a lost connection
         print(f"rua-sink: {str(exc) or type(exc).__name__}", file=sys.stderr)
-    return FAILED
+    return 2
 
 
 if __name__ == "__main__":
