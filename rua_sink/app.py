@@ -25,8 +25,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import socket
-from collections.abc import AsyncIterator, Callable, Coroutine
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,7 +40,7 @@ from rua_sink.core.limits import Limits
 from rua_sink.dns.authz import Authorizer, make_resolver
 from rua_sink.dns.mailauth import MailAuthenticator
 from rua_sink.dns.senders import ServiceMap
-from rua_sink.errors import DatabaseError
+from rua_sink.errors import ConfigError, DatabaseError
 from rua_sink.heap import fix_mmap_threshold
 from rua_sink.ingest.delivery import Delivery
 from rua_sink.ingest.identify import SenderIdentifier
@@ -140,7 +140,12 @@ async def open_ingester(
         open_store(database_url=database_url) as store,
         open_parse_pool(settings=settings) as workers,
     ):
-        yield Ingester(store, limits=limits, fanout=workers.fanout)
+        yield Ingester(
+            store,
+            limits=limits,
+            failure_keep_body=settings.failure_keep_body,
+            fanout=workers.fanout,
+        )
 
 
 def new_resolver(*, settings: Settings) -> dns.asyncresolver.Resolver:
@@ -326,12 +331,14 @@ class App:
         # Before the first message: no current report waits for a partition's DDL.
         await prepare_months(self.store, wait=PARTITIONS_WAIT_AT_START)
         host, port = self.settings.smtp_listen
-        self.smtp_server = await loop.create_server(self._protocol, host, port)
+        with _listening("RUA_SINK_SMTP_LISTEN", host, port):
+            self.smtp_server = await loop.create_server(self._protocol, host, port)
         # The port is ours: spool files in the temporary folder are no live session's.
         if removed := remove_stale_spools():
             log.warning("stale_spool_files_removed", count=removed)
         http_host, http_port = self.settings.http_listen
-        self.http_server = await asyncio.start_server(self._http, http_host, http_port)
+        with _listening("RUA_SINK_HTTP_LISTEN", http_host, http_port):
+            self.http_server = await asyncio.start_server(self._http, http_host, http_port)
         if self.parse_pool is not None:
             # Started beside the listeners: the first large report need not wait for them.
             self.warming = loop.run_in_executor(None, self.parse_pool.warm)
@@ -414,6 +421,16 @@ class App:
         await self.pool.close()
 
 
+@contextmanager
+def _listening(variable: str, host: str, port: int) -> Iterator[None]:
+    """A port that cannot be listened on stops the start with a line naming the setting."""
+    try:
+        yield
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise ConfigError(f"{variable}: cannot listen on {host}:{port}: {reason}") from exc
+
+
 def _identification_ended(task: asyncio.Task[None]) -> None:
     """Sender identification ends only when cancelled; anything else is a bug: logged,
     and mail keeps being received without it."""
@@ -442,7 +459,11 @@ async def keep_months_ahead(store: Store) -> None:
 async def serve(settings: Settings, database_url: str) -> None:
     fix_mmap_threshold()  # a heap that stays at its working size for months: see heap
     app = await App.create(settings, database_url)
-    await app.start()
+    try:
+        await app.start()
+    except BaseException:  # a port taken, say: close what started, then say so
+        await app.shutdown()
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

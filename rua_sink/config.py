@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, fields
 from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network, ip_network
@@ -75,7 +75,10 @@ def default_parse_workers() -> int:
 def _workers(text: str) -> int:
     if _word(text) == "auto":
         return default_parse_workers()
-    workers = int(text)
+    try:
+        workers = int(text)
+    except ValueError as exc:
+        raise ValueError(f"not a number or auto: {text!r}") from exc
     if not 0 <= workers <= 256:
         raise ValueError(f"not between 0 and 256: {text!r}")
     return workers
@@ -91,7 +94,20 @@ class Setting:
 
     def read(self, env: Mapping[str, str] = os.environ) -> Any:
         """The value ``env`` sets, else the default's; ValueError if bad."""
-        return self.parse(env.get(self.env, self.default))
+        text = env.get(self.env, self.default)
+        if self.parse in (float, int):  # their own messages name neither the rule nor us
+            try:
+                return self.parse(text)
+            except ValueError as exc:
+                raise ValueError(f"not a number: {text!r}") from exc
+        return self.parse(text)
+
+    def value(self, env: Mapping[str, str] = os.environ) -> Any:
+        """As ``read``, but a ConfigError whose message starts with the variable's name."""
+        try:
+            return self.read(env)
+        except ValueError as exc:
+            raise ConfigError(f"{self.env}: {exc}") from exc
 
 
 #: name -> (environment variable, default as text, meaning, parser); the docs' table
@@ -279,37 +295,54 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        values: dict[str, Any] = {name: s.value(env) for name, s in SETTINGS.items()}
         try:
-            values: dict[str, Any] = {name: s.read(env) for name, s in SETTINGS.items()}
             values["limits"] = Limits.from_env(env)
-        except ValueError as exc:
+        except ValueError as exc:  # it names the variable
             raise ConfigError(str(exc)) from exc
         settings = cls(**values)
         settings.validate()
         return settings
 
     def validate(self) -> None:
-        if self.unauthorized not in ("reject", "flag"):
-            raise ConfigError("RUA_SINK_UNAUTHORIZED must be reject or flag")
-        if self.require_authenticated not in ("off", "flag", "reject"):
-            raise ConfigError("RUA_SINK_REQUIRE_AUTHENTICATED must be off, flag or reject")
-        if self.event_loop not in ("uvloop", "asyncio"):
-            raise ConfigError("RUA_SINK_EVENT_LOOP must be uvloop or asyncio")
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigError("RUA_SINK_TLS_CERT and RUA_SINK_TLS_KEY go together")
-        for address in self.addresses + self.failure_addresses:
+        for variable, reason in problems({f.name: getattr(self, f.name) for f in fields(self)}):
+            raise ConfigError(f"{variable}: {reason}")
+
+
+_POSITIVE = (
+    "dns_timeout",
+    "idle_timeout",
+    "data_timeout",
+    "identify_interval",
+    "tls_reload_interval",
+)
+
+
+def problems(values: Mapping[str, Any]) -> Iterator[tuple[str, str]]:
+    """(variable, reason) for each parsed value ``Settings`` refuses; values missing from
+    ``values`` (those that did not parse) are not judged."""
+    choices = {
+        "unauthorized": ("reject", "flag"),
+        "require_authenticated": ("off", "flag", "reject"),
+        "event_loop": ("uvloop", "asyncio"),
+    }
+    for name, allowed in choices.items():
+        if name in values and values[name] not in allowed:
+            words = ", ".join(allowed[:-1]) + " or " + allowed[-1]
+            yield SETTINGS[name].env, f"must be {words}, not {values[name]!r}"
+    cert, key = values.get("tls_cert"), values.get("tls_key")
+    if cert is not None and key is not None and bool(cert) != bool(key):
+        lone, other = ("tls_cert", "tls_key") if cert else ("tls_key", "tls_cert")
+        yield SETTINGS[lone].env, f"set without {SETTINGS[other].env}: they go together"
+    for name in ("addresses", "failure_addresses"):
+        for address in values.get(name, ()):
             local, at, dom = address.rpartition("@")
             if not at or not local or not dom:
-                raise ConfigError(f"not an address or *@domain: {address!r}")
-        for name in (
-            "dns_timeout",
-            "idle_timeout",
-            "data_timeout",
-            "identify_interval",
-            "tls_reload_interval",
-        ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
+                yield SETTINGS[name].env, f"not an address or *@domain: {address!r}"
+                break
+    for name in _POSITIVE:
+        if name in values and values[name] <= 0:
+            yield SETTINGS[name].env, f"must be positive, not {values[name]:g}"
 
 
 def names() -> tuple[str, ...]:

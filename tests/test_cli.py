@@ -110,22 +110,22 @@ def test_the_version_is_written_once_and_the_package_is_typed() -> None:
         (
             ("prune", "--older-than", "400d"),
             {"RUA_SINK_FAILURE_RETENTION": "soon"},
-            "not a duration (e.g. 400d, 12w, 18m, 2y): 'soon'",
+            "RUA_SINK_FAILURE_RETENTION: not a duration (e.g. 400d, 12w, 18m, 2y): 'soon'",
         ),
         (
             ("check-auth", "example.com", "--rua", "dmarc@rua.example.net"),
             {"RUA_SINK_DNS_TIMEOUT": "0"},
-            "dns_timeout must be positive",
+            "RUA_SINK_DNS_TIMEOUT: must be positive, not 0",
         ),
         (
             ("ingest", "missing.eml"),
             {"RUA_SINK_PARSE_WORKERS": "999"},
-            "not between 0 and 256: '999'",
+            "RUA_SINK_PARSE_WORKERS: not between 0 and 256: '999'",
         ),
         (
             ("reprocess",),
             {"RUA_SINK_REQUIRE_AUTHENTICATED": "maybe"},
-            "RUA_SINK_REQUIRE_AUTHENTICATED must be off, flag or reject",
+            "RUA_SINK_REQUIRE_AUTHENTICATED: must be off, flag or reject, not 'maybe'",
         ),
     ],
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -35,7 +36,8 @@ def test_ingest_with_no_database_configured(data_dir: Path) -> None:
     first = cli(data_dir, "ingest", str(report))
     assert first.returncode == 0, first.stderr
     assert f"using the embedded PostgreSQL in {data_dir / 'pgdata'}" in first.stderr
-    assert first.stdout.startswith("1 messages: 1 reports new")
+    assert first.stdout.startswith("RESULT ")
+    assert re.search(r"^reports stored +1$", first.stdout, re.M), first.stdout
     assert (data_dir / "pgdata" / "PG_VERSION").exists()
     # The server is left running; the next command finds it and the data.
     second = cli(data_dir, "ingest", "--json", str(report))

@@ -154,7 +154,8 @@ def test_operators_list_and_read_what_was_not_stored(server: Server) -> None:
     assert kept["rcpt_to"] == ["postmaster@rua.example.net"]
     assert quarantined["reason"] == "truncated_archive"
     text = cli("messages", "--status", "quarantined", env=env).stdout.splitlines()
-    assert text[0].split() == ["ID", "RECEIVED", "(UTC)", "STATUS", "REASON", "BYTES", "SENDER"]
+    header = ["ID", "RECEIVED", "(UTC)", "STATUS", "REASON", "BYTES", "SENDER", "SUBJECT"]
+    assert text[0].split() == header
     assert str(quarantined["id"]) in text[1] and "truncated_archive" in text[1]
     assert all("not_a_report" not in line for line in text)
     for item, sent in ((kept, note), (quarantined, broken)):

@@ -15,11 +15,13 @@ from typing import Any, TextIO
 
 import asyncpg
 
+from rua_sink.cli.args import day, domain_name, positive_int
 from rua_sink.cli.output import Column, emit, printable
 from rua_sink.core.headers import header_text, leading_header_block, parse_fields
 from rua_sink.outcomes import RawStatus
 from rua_sink.storage.database import resolve_url
 from rua_sink.storage.rows import unpack_archived
+from rua_sink.storage.summary import DomainSummary, summarize
 
 _STATUSES = tuple(RawStatus)
 _HEAD_BYTES = 65536
@@ -103,32 +105,140 @@ def cmd_raw(args: argparse.Namespace, out: TextIO) -> int:
     return 0
 
 
-def _day(text: str) -> datetime:
-    try:
-        return datetime.fromisoformat(text).replace(tzinfo=UTC)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
+def window(args: argparse.Namespace, now: datetime) -> tuple[datetime, datetime]:
+    """The report window from --since, --until and --days: any two of them, or one (with
+    --days 30, or until now), or none (the last 30 days). ArgumentTypeError if they do not
+    make a window."""
+    since, until, days = args.since, args.until, args.days
+    if since is not None and until is not None and days is not None:
+        raise argparse.ArgumentTypeError("give at most two of --since, --until and --days")
+    span = timedelta(days=days or DEFAULT_DAYS)
+    if since is None and until is None:
+        until = now
+    if since is None:
+        since = until - span
+    elif until is None:
+        until = since + span if days is not None else now
+    if since >= until:
+        raise argparse.ArgumentTypeError(
+            f"--since ({_when(since)}) must be before --until ({_when(until)})"
+        )
+    return since, until
+
+
+DEFAULT_DAYS = 30
+
+
+def _when(moment: datetime) -> str:
+    """A time as the report shows it: the day alone at midnight (UTC), else to the minute."""
+    if moment.hour == moment.minute == moment.second == 0:
+        return f"{moment:%Y-%m-%d}"
+    return f"{moment:%Y-%m-%d %H:%M}"
+
+
+def hint(result: DomainSummary) -> str | None:
+    """What to say when the window holds no report of the domain."""
+    if result.reports or result.messages:
+        return None
+    if not result.all_reports or result.first_report is None or result.last_report is None:
+        return f"no reports for {result.domain} are stored"
+    first, last = result.first_report, result.last_report
+    try_since = f"{first:%Y-%m-%d}"
+    try_until = f"{last + timedelta(days=1):%Y-%m-%d}"
+    return (
+        f"no reports between {_when(result.since)} and {_when(result.until)}; "
+        f"{_n(result.all_reports, 'report')} {'exists' if result.all_reports == 1 else 'exist'} "
+        f"from {first:%Y-%m-%d} to {last:%Y-%m-%d}: "
+        f"try --since {try_since} --until {try_until}"
+    )
+
+
+def _sender(source: dict[str, Any]) -> str | None:
+    """What sender identification found: the PTR name, with the service or a warning
+    that the name does not lead back to the address."""
+    name = source.get("ptr_name")
+    if name is None:
+        return None
+    if not source.get("ptr_confirmed"):
+        return f"{name} (not forward-confirmed)"
+    service = source.get("service")
+    return f"{name} ({service})" if service else str(name)
+
+
+_REPORTER_COLUMNS = (
+    Column("reporter", "REPORTER"),
+    Column("reports", "REPORTS", right=True),
+    Column("messages", "MESSAGES", right=True),
+)
+_SOURCE_COLUMNS = (
+    Column("source", "SOURCE"),
+    Column("messages", "MESSAGES", right=True),
+    Column("passing", "PASSING", right=True),
+    Column("sender", "SENDER"),
+)
+_FAILING_COLUMNS = (
+    Column("source", "FAILING SOURCE"),
+    Column("failing", "FAILING", right=True),
+    Column("reporters", "REPORTERS"),
+    Column("sender", "SENDER"),
+)
+
+
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}" if count == 1 else f"{count} {word}s"
+
+
+def write_report(out: TextIO, result: DomainSummary) -> None:
+    """The text form: a heading, the totals, then the reporters, the top sources and the
+    top failing sources, each a table."""
+    rate = f"{result.pass_rate}%" if result.pass_rate is not None else "n/a"
+    out.write(f"{result.domain}: {_when(result.since)} to {_when(result.until)} (UTC)\n")
+    note = hint(result)
+    if note is not None:
+        out.write(note + "\n")
+        return
+    out.write(
+        f"{_n(result.reports, 'report')}: {_n(result.messages, 'message')}, {result.passing} "
+        f"passing DMARC ({rate}), from {_n(result.source_count, 'source')}\n"
+    )
+    tables = (
+        (_REPORTER_COLUMNS, result.reporters),
+        (_SOURCE_COLUMNS, result.sources),
+        (_FAILING_COLUMNS, result.failing),
+    )
+    for columns, rows in tables:
+        out.write("\n")
+        emit(
+            out,
+            columns,
+            [{**row, "sender": _sender(row)} for row in rows],
+            as_json=False,
+            empty=f"{columns[0].header}: none",
+        )
 
 
 def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
     from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
-    from rua_sink.core.names import domain as a_label  # noqa: PLC0415
-    from rua_sink.storage.summary import summarize  # noqa: PLC0415
 
-    until = args.until or datetime.now(UTC)
-    since = args.since or until - timedelta(days=args.days)
-    name = a_label(args.domain) or args.domain
+    try:
+        since, until = window(args, datetime.now(UTC))
+    except argparse.ArgumentTypeError as exc:
+        print(f"rua-sink: {exc}", file=sys.stderr)
+        return 2
 
-    async def run() -> Any:
+    async def run() -> DomainSummary:
         async with (
             open_store(database_url=resolve_url(os.environ)) as store,
             store.pool.acquire() as conn,
         ):
-            return await summarize(conn, name, since, until, args.top)
+            return await summarize(conn, args.domain, since, until, args.top)
 
     result = asyncio.run(run())
-    out.write((json.dumps(result.as_json()) if args.json else result.text()) + "\n")
-    return 0
+    if args.json:
+        out.write(json.dumps({**result.as_json(), "hint": hint(result)}) + "\n")
+    else:
+        write_report(out, result)
+    return 1 if hint(result) is not None else 0
 
 
 def add_messages(sub: Any) -> None:
@@ -143,7 +253,7 @@ def add_messages(sub: Any) -> None:
         choices=_STATUSES,
         help="only messages with this status (repeatable; default: quarantined, not_a_report)",
     )
-    p.add_argument("--limit", type=int, default=50, help="at most N messages (default 50)")
+    p.add_argument("--limit", type=positive_int, default=50, help="at most N messages (default 50)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.set_defaults(func=cmd_messages)
 
@@ -158,10 +268,22 @@ def add_report(sub: Any) -> None:
     p = sub.add_parser(
         "report", help="what the stored reports say about a domain: volume, pass rate, sources"
     )
-    p.add_argument("domain", metavar="DOMAIN")
-    p.add_argument("--days", type=int, default=30, help="the last N days (default 30)")
-    p.add_argument("--since", type=_day, metavar="YYYY-MM-DD", help="instead of --days")
-    p.add_argument("--until", type=_day, metavar="YYYY-MM-DD", help="end (default: now)")
-    p.add_argument("--top", type=int, default=10, help="sources listed (default 10)")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("domain", type=domain_name, metavar="DOMAIN")
+    p.add_argument(
+        "--days",
+        type=positive_int,
+        help=f"the window's length in days (default {DEFAULT_DAYS}): the last N days, or N "
+        "days from --since, or up to --until",
+    )
+    p.add_argument(
+        "--since", type=day, metavar="YYYY-MM-DD", help="the window's start (UTC); alone: until now"
+    )
+    p.add_argument(
+        "--until",
+        type=day,
+        metavar="YYYY-MM-DD",
+        help="the window's end, not included (default: now)",
+    )
+    p.add_argument("--top", type=positive_int, default=10, help="sources listed (default 10)")
+    p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_report)

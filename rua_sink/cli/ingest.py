@@ -8,10 +8,11 @@ import asyncio
 import json
 import os
 import sys
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from rua_sink.cli.output import Column, Progress, emit
 from rua_sink.config import Settings
 from rua_sink.core.arrival import Envelope
 from rua_sink.core.limits import Limits
@@ -34,8 +35,18 @@ class Summary:
     reprocessed: int = 0
     records: int = 0
     quarantine: list[dict[str, Any]] = field(default_factory=list)
+    #: inputs that could not be read at all: {"source", "detail"}
+    unreadable: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, label: str, result: IngestResult) -> None:
+    def add(self, label: str, result: IngestResult, progress: Progress | None = None) -> None:
+        """Count one message's result, and show the new counts on ``progress``."""
+        before = self.counts()
+        self._add(label, result)
+        if progress is not None:
+            after = self.counts()
+            progress.step(1, **{name: after[name] - before[name] for name in after})
+
+    def _add(self, label: str, result: IngestResult) -> None:
         self.messages += 1
         self.reports_new += result.reports_new
         self.reports_duplicate += result.reports_duplicate
@@ -51,39 +62,60 @@ class Summary:
         elif result.outcome is Outcome.NOT_A_REPORT:
             self.not_a_report += 1
 
+    def counts(self) -> dict[str, int]:
+        """The counts so far, as the progress line shows them."""
+        return {
+            "reports new": self.reports_new,
+            "duplicate": self.reports_duplicate + self.messages_duplicate,
+            "quarantined": self.quarantined,
+        }
+
     def write(self, out: TextIO, *, as_json: bool) -> None:
-        out.write((json.dumps(self.__dict__) if as_json else self.line()) + "\n")
-
-    def line(self) -> str:
-        return (
-            f"{self.messages} messages: {self.reports_new} reports new, "
-            f"{self.reports_duplicate} duplicate, {self.quarantined} quarantined, "
-            f"{self.not_a_report} not reports, {self.reprocessed} reprocessed; "
-            f"{self.records} records"
-        )
-
-
-class Progress:
-    """One status line on a terminal, rewritten at most ten times a second."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self._last = 0.0
-
-    def update(self, summary: Summary, label: str, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not self.enabled or (not force and now - self._last < 0.1):
+        """The summary: one JSON object, or a table of the counts, then the messages
+        quarantined and the inputs that could not be read, if any."""
+        if as_json:
+            out.write(json.dumps(self.__dict__) + "\n")
             return
-        self._last = now
-        text = f"\r\x1b[K{summary.line()}  {label[-60:]}"
-        self.stream.write(text)
-        self.stream.flush()
+        emit(out, _COUNT_COLUMNS, self.rows(), as_json=False)
+        if self.quarantine:
+            out.write("\n")
+            emit(out, _QUARANTINE_COLUMNS, self.quarantine, as_json=False)
+        if self.unreadable:
+            out.write("\n")
+            emit(out, _UNREADABLE_COLUMNS, self.unreadable, as_json=False)
 
-    def done(self) -> None:
-        if self.enabled:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
+    def rows(self) -> list[dict[str, Any]]:
+        return [
+            {"what": "messages read", "count": self.messages},
+            {"what": "  already stored (skipped)", "count": self.messages_duplicate},
+            {"what": "  quarantined", "count": self.quarantined},
+            {"what": "  not a report", "count": self.not_a_report},
+            {"what": "  read again (reprocessed)", "count": self.reprocessed},
+            {"what": "reports stored", "count": self.reports_new},
+            {"what": "reports already stored (duplicates)", "count": self.reports_duplicate},
+            {"what": "records stored", "count": self.records},
+        ]
+
+
+_COUNT_COLUMNS = (Column("what", "RESULT"), Column("count", "COUNT", right=True))
+_QUARANTINE_COLUMNS = (
+    Column("source", "QUARANTINED"),
+    Column("reason", "REASON"),
+    Column("detail", "DETAIL"),
+)
+_UNREADABLE_COLUMNS = (Column("source", "NOT READ"), Column("detail", "WHY"))
+
+
+def readable(paths: list[str], unreadable: list[dict[str, Any]]) -> Iterator[backfill.Item]:
+    """The messages of ``paths``; a path that cannot be read (or a file in it: the rest of
+    that path is skipped) is added to ``unreadable``, and the next path is read. Errors of
+    what is done with a message are not caught here: they are not the file's."""
+    for path in paths:
+        try:
+            yield from backfill.items([path])
+        except OSError as exc:
+            where = exc.filename or path
+            unreadable.append({"source": str(where), "detail": exc.strerror or str(exc)})
 
 
 def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
@@ -92,27 +124,24 @@ def cmd_ingest(args: argparse.Namespace, out: TextIO) -> int:
     settings = Settings.from_env(os.environ)
     limits: Limits = args.limits
     summary = Summary()
-    progress = Progress(sys.stderr)
 
     async def run() -> None:
         async with open_ingester(
             settings=settings, database_url=resolve_url(os.environ), limits=limits
         ) as ingester:
-            for item in backfill.items(args.paths):
-                try:
-                    result = await ingester.ingest(item.file, Envelope(source=item.label))
-                finally:
-                    item.file.close()
-                summary.add(item.label, result)
-                progress.update(summary, item.label)
+            with Progress("messages ingested") as progress:
+                for item in readable(args.paths, summary.unreadable):
+                    try:
+                        result = await ingester.ingest(item.file, Envelope(source=item.label))
+                    finally:
+                        item.file.close()
+                    summary.add(item.label, result, progress)
 
     asyncio.run(run())
-    progress.done()
     summary.write(out, as_json=args.json)
-    if not args.json:
-        for q in summary.quarantine:
-            out.write(f"quarantined: {q['source']}: {q['reason']}: {q['detail']}\n")
-    return 0
+    for bad in summary.unreadable:
+        print(f"rua-sink: cannot read {bad['source']}: {bad['detail']}", file=sys.stderr)
+    return 1 if summary.unreadable else 0
 
 
 def cmd_reprocess(args: argparse.Namespace, out: TextIO) -> int:
@@ -132,13 +161,15 @@ def cmd_reprocess(args: argparse.Namespace, out: TextIO) -> int:
             ids = args.ids or await ingester.store.raw_messages(
                 every=args.all, any_version=args.any_version, reasons=reasons
             )
-            for raw_id in ids:
-                try:
-                    result = await ingester.reprocess(raw_id, auth_policy=policy)
-                except KeyError:
-                    missing.append(raw_id)
-                    continue
-                summary.add(f"raw_message {raw_id}", result)
+            with Progress("messages read again", total=len(ids)) as progress:
+                for raw_id in ids:
+                    try:
+                        result = await ingester.reprocess(raw_id, auth_policy=policy)
+                    except KeyError:
+                        missing.append(raw_id)
+                        progress.step()
+                        continue
+                    summary.add(f"raw_message {raw_id}", result, progress)
 
     asyncio.run(run())
     summary.write(out, as_json=args.json)

@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import asyncpg
 
 from rua_sink import __version__
-from rua_sink.cli import browse, ingest, jsonout, maintenance, serve
+from rua_sink.cli import browse, ingest, jsonout, maintenance, serve, settings
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import (
     AggregateEnd,
@@ -121,12 +121,16 @@ def limits_from(args: argparse.Namespace) -> Limits:
     for item in args.limit_pairs or ():
         name, sep, value = item.partition("=")
         if not sep:
-            raise SystemExit(f"rua-sink: --limit takes NAME=VALUE, not {item!r}")
+            raise ConfigError(f"--limit takes NAME=VALUE, not {item!r}")
         pairs[name.strip().replace("-", "_")] = value
     try:
-        return Limits.from_env(os.environ).with_values(pairs)
+        limits = Limits.from_env(os.environ)
+    except ValueError as exc:  # it names the variable
+        raise ConfigError(str(exc)) from exc
+    try:
+        return limits.with_values(pairs)
     except ValueError as exc:
-        raise SystemExit(f"rua-sink: {exc}") from exc
+        raise ConfigError(f"--limit: {exc}") from exc
 
 
 def cmd_parse(args: argparse.Namespace, out: TextIO) -> int:
@@ -185,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_send(sub)
     serve.add_check_auth(sub)
     serve.add_serve(sub)
+    settings.add_config(sub)
     maintenance.add_migrate(sub)
     ingest.add_ingest(sub, limits_parent)
     ingest.add_reprocess(sub, limits_parent)
@@ -198,23 +203,31 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command. Expected failures are one line on stderr, never a traceback. The
+    exit status is the same for every command (docs/commands.md, "Exit status"): 0 done,
+    1 done but nothing found or some input failed, 2 not done (usage, a setting, a server or
+    database that cannot be reached); argparse's usage errors are 2 too."""
     args = build_parser().parse_args(argv)
-    if hasattr(args, "limit_pairs"):
-        args.limits = limits_from(args)
     try:
+        if hasattr(args, "limit_pairs"):
+            args.limits = limits_from(args)
         return int(args.func(args, sys.stdout))
     except BrokenPipeError:
+        # The reader went away (| head): nothing more to say, and nowhere to say it.
+        # stdout goes to /dev/null, so that the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    except ConfigError as exc:  # a setting, or a file a setting names
+    except KeyboardInterrupt:
+        print("rua-sink: interrupted", file=sys.stderr)
+        return 130
+    except (ConfigError, DatabaseError) as exc:  # a setting, a file it names, the database
         print(f"rua-sink: {exc}", file=sys.stderr)
-        return 2
-    except DatabaseError as exc:
-        print(f"rua-sink: {exc}", file=sys.stderr)
-        return 2
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-        # The database is down or refuses us: say so, without a traceback.
+    except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        # The database went away or refused a statement after we reached it.
         print(f"rua-sink: database error: {exc}", file=sys.stderr)
-        return 2
+    except OSError as exc:  # a file named on the command line, a lost connection
+        print(f"rua-sink: {str(exc) or type(exc).__name__}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from rua_sink import config
+from rua_sink.cli.args import positive_int
 from rua_sink.config import Settings
 from rua_sink.storage import migrate
 from rua_sink.storage.database import embedded, resolve_url
@@ -138,9 +139,17 @@ def add_lock_wait(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_json(p: argparse.ArgumentParser) -> None:
+    """--json, which every command that prints takes; here the output is JSON anyway."""
+    p.add_argument(
+        "--json", action="store_true", help="one JSON object (the output is JSON anyway)"
+    )
+
+
 def add_migrate(sub: Any) -> None:
     p = sub.add_parser("migrate", help="apply pending database migrations")
     add_lock_wait(p)
+    add_json(p)
     p.set_defaults(func=cmd_migrate)
 
 
@@ -150,7 +159,9 @@ def add_identify(sub: Any) -> None:
         help="look up the PTR names and services of source addresses not looked up yet "
         "or due again (backfilled reports)",
     )
-    p.add_argument("--limit", type=int, metavar="N", help="at most N addresses (default: all)")
+    p.add_argument(
+        "--limit", type=positive_int, metavar="N", help="at most N addresses (default: all)"
+    )
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_identify)
 
@@ -173,6 +184,7 @@ def add_prune(sub: Any) -> None:
         help="failure reports and their messages (default: RUA_SINK_FAILURE_RETENTION, 30d)",
     )
     add_lock_wait(p)
+    add_json(p)
     p.set_defaults(func=cmd_prune)
 
 

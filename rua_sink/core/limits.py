@@ -70,14 +70,39 @@ class Limits:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], prefix: str = "RUA_SINK_") -> Limits:
-        """Limits from ``RUA_SINK_MAX_MESSAGE_BYTES`` and the like; unset ones keep defaults."""
-        return cls().with_values(
-            {
-                name: env[prefix + name.upper()]
-                for name in cls.names()
-                if prefix + name.upper() in env
-            }
-        )
+        """Limits from ``RUA_SINK_MAX_MESSAGE_BYTES`` and the like; unset ones keep defaults.
+        A bad value is a ValueError that starts with the variable's name."""
+        limits = cls()
+        for name in cls.names():
+            variable = prefix + name.upper()
+            if variable in env:
+                try:
+                    limits = limits.with_values({name: env[variable]})
+                except ValueError as exc:
+                    raise ValueError(f"{variable}: {exc}") from exc
+        return limits
+
+
+#: What each limit caps, in the words of docs/configuration.md's table (which
+#: tests/test_config_command.py holds to it); ``rua-sink serve --help`` and ``config`` show it.
+HELP: dict[str, str] = {
+    "max_message_bytes": "raw message size (the SMTP SIZE)",
+    "max_header_bytes": "one header block",
+    "max_line_bytes": "one line of a message: a DATA line over SMTP, a body line when "
+    "parsed (RFC 5322 allows 998)",
+    "max_mime_depth": "nesting of multiparts and `message/rfc822`",
+    "max_mime_parts": "MIME parts in one message",
+    "max_decompressed_bytes": "decompressed bytes of one part, all layers and zip members together",
+    "max_compression_ratio": "output/input of one layer, past `ratio_floor_bytes`",
+    "ratio_floor_bytes": "output below which the ratio is not checked",
+    "max_zip_members": "members of one zip archive (read before opening it)",
+    "max_archive_depth": "archives inside archives",
+    "max_records": "records of one aggregate report",
+    "max_xml_depth": "element nesting (libxml2 also stops at 256)",
+    "max_element_bytes": "XML of one top-level element, what the parser holds at once",
+    "max_json_bytes": "one TLS report (JSON is read whole)",
+    "spool_memory_bytes": "decoded part kept in memory before spilling to a temporary file",
+}
 
 
 _SIZE = re.compile(r"^\s*(\d+)\s*(k|m|g|t)?(?:i?b)?\s*$", re.IGNORECASE)

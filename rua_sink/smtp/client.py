@@ -19,18 +19,37 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 
 from rua_sink.core.limits import Limits
-from rua_sink.core.model import AggregateReport, PartInfo, TlsReport
+from rua_sink.core.model import AggregateReport, PartFailed, PartInfo, TlsReport
 from rua_sink.core.pipeline import default_spool, is_bare_report, parse_file
 from rua_sink.core.unpack import payloads
-from rua_sink.errors import SendError
+from rua_sink.errors import MessageError, SendError
 
 
 def _document(path: Path) -> bytes:
     """The innermost document of a bare report file (decompressed, first member)."""
     with path.open("rb") as f:
-        for payload in payloads(f, PartInfo(index=1), Limits(), default_spool):
-            return b"".join(payload.chunks)
+        try:
+            for payload in payloads(f, PartInfo(index=1), Limits(), default_spool):
+                return b"".join(payload.chunks)
+        except MessageError as exc:
+            raise SendError(f"{path}: {exc.reason}: {exc.detail}") from exc
     raise SendError(f"{path}: no report document in it")
+
+
+def _first_report(path: Path) -> AggregateReport | TlsReport:
+    """The file's first aggregate or TLS report; SendError saying why there is none."""
+    failure: MessageError | None = None
+    try:
+        for event in parse_file(path):
+            if isinstance(event, AggregateReport | TlsReport):
+                return event
+            if isinstance(event, PartFailed) and failure is None:
+                failure = event.error
+    except MessageError as exc:
+        failure = exc
+    if failure is not None:
+        raise SendError(f"{path}: {failure.reason}: {failure.detail}")
+    raise SendError(f"{path}: not a report rua-sink can send (aggregate or TLS)")
 
 
 def build_message(path: Path, sender: str, to: str) -> bytes:
@@ -39,7 +58,7 @@ def build_message(path: Path, sender: str, to: str) -> bytes:
     if not bare:
         # SMTP lines end in CRLF (RFC 5321 2.3.8); files saved from a mailbox often use LF.
         return re.sub(rb"\r\n|\r|\n", b"\r\n", path.read_bytes())
-    first = next((e for e in parse_file(path) if isinstance(e, AggregateReport | TlsReport)), None)
+    first = _first_report(path)
     msg = EmailMessage()
     msg["From"] = sender
     msg["To"] = to
@@ -57,7 +76,7 @@ def build_message(path: Path, sender: str, to: str) -> bytes:
         )
         msg.set_content(f"This is a DMARC aggregate report for {domain}.\n")
         msg.add_attachment(document, maintype="application", subtype="gzip", filename=name)
-    elif isinstance(first, TlsReport):
+    else:
         domain = first.policies[0].policy_domain if first.policies else ""
         submitter = (first.contact_info or "").rpartition("@")[2] or first.org_name
         msg["Subject"] = (
@@ -68,8 +87,6 @@ def build_message(path: Path, sender: str, to: str) -> bytes:
         msg.set_content(f"This is an SMTP TLS report for {domain}.\n")
         name = f"{submitter}!{domain}!{first.begin}!{first.end}.json.gz"
         msg.add_attachment(document, maintype="application", subtype="tlsrpt+gzip", filename=name)
-    else:
-        raise SendError(f"{path}: not a report rua-sink can parse")
     return msg.as_bytes(policy=SMTP)
 
 
@@ -77,15 +94,17 @@ def send(
     path: Path,
     *,
     to: str,
-    server: str = "127.0.0.1:2525",
+    server: tuple[str, int] = ("127.0.0.1", 2525),
     starttls: bool = False,
     sender: str | None = None,
 ) -> tuple[int, str]:
-    """Deliver; returns the server's reply to the message (code, text)."""
-    host, _, port = server.rpartition(":")
+    """Deliver; returns the server's reply to the message (code, text). A file that is not
+    a report is a SendError; a server that cannot be reached, an OSError or an
+    smtplib.SMTPException."""
     mail_from = sender or f"rua-sink@{socket.getfqdn()}"
     data = build_message(path, mail_from, to)
-    with smtplib.SMTP(host or "127.0.0.1", int(port or 25), timeout=60) as smtp:
+    host, port = server
+    with smtplib.SMTP(host, port, timeout=60) as smtp:
         smtp.ehlo()
         if starttls:
             smtp.starttls()

@@ -21,11 +21,49 @@ import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 from rua_sink.errors import DatabaseError
 
 EMBEDDED_DB = "rua_sink"
+
+#: The database's variables, (variable, default, meaning), as docs/database.md has them;
+#: ``rua-sink serve --help`` and ``rua-sink config`` list them with the settings.
+VARIABLES = (
+    (
+        "RUA_SINK_DATABASE_URL",
+        "",
+        "postgresql://user:password@host:5432/dbname (default: the embedded PostgreSQL)",
+    ),
+    (
+        "RUA_SINK_DATABASE_URL_FILE",
+        "",
+        "a file holding the URL (a mounted Kubernetes secret)",
+    ),
+    (
+        "RUA_SINK_DATA_DIR",
+        "",
+        "where the embedded database lives (default ~/.local/share/rua-sink, "
+        "/var/lib/rua-sink as root)",
+    ),
+)
+
+
+def redacted(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``: fit for a terminal or a log."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # not a URL we can take apart: show none of it
+        return "<unparsable URL>"
+    if password:
+        user, _, host = parts.netloc.rpartition("@")
+        parts = parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}")
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key == "password" for key, _ in query):  # asyncpg takes it there too
+        masked = [(key, "***" if key == "password" else value) for key, value in query]
+        parts = parts._replace(query=urlencode(masked, safe="/*"))
+    return urlunsplit(parts)
 
 
 def configured_url(env: dict[str, str] | os._Environ[str]) -> str | None:
@@ -188,7 +226,32 @@ def resolve_url(env: dict[str, str] | os._Environ[str], *, quiet: bool = False) 
 
 async def ensure_database(url: str) -> None:
     """Create the database named in ``url`` if the server does not have it yet (the
-    embedded server starts with only ``postgres``; a configured server may allow it)."""
+    embedded server starts with only ``postgres``; a configured server may allow it).
+    A server that cannot be reached or refuses us is a DatabaseError naming the URL
+    (without its password) and the setting that chooses it."""
+    import asyncpg  # noqa: PLC0415 - keeps the module importable without a loop
+
+    try:
+        await _ensure_database(url)
+    except (
+        OSError,
+        TimeoutError,
+        ValueError,
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+    ) as exc:
+        raise DatabaseError(_unreachable(url, exc)) from exc
+
+
+def _unreachable(url: str, exc: BaseException) -> str:
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"cannot use the database at {redacted(url)}: {reason} "
+        "(RUA_SINK_DATABASE_URL or RUA_SINK_DATABASE_URL_FILE chooses it)"
+    )
+
+
+async def _ensure_database(url: str) -> None:
     import asyncpg  # noqa: PLC0415 - keeps the module importable without a loop
 
     try:

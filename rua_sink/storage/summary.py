@@ -42,6 +42,14 @@ SELECT top.source, top.failing, top.reporters, h.ptr_name, h.ptr_confirmed, h.se
 FROM top LEFT JOIN source_hosts h ON h.ip = top.ip
 ORDER BY top.failing DESC, top.source
 """
+# Every report of the domain, whatever the window: what to say when the window is empty.
+_SPAN = """
+SELECT count(*) AS reports,
+       count(*) FILTER (WHERE begin_at >= $2 AND begin_at < $3) AS in_window,
+       min(begin_at) AS first, max(end_at) AS last
+FROM aggregate_reports
+WHERE policy_domain = $1
+"""
 _REPORTERS = """
 SELECT reporter, count(DISTINCT report) AS reports, sum(message_count) AS messages
 FROM aggregate_records
@@ -61,6 +69,12 @@ class DomainSummary:
     sources: list[dict[str, Any]]
     failing: list[dict[str, Any]]
     source_count: int
+    #: reports that began in the window
+    reports: int = 0
+    #: every report of the domain, whenever it began, and the span they cover
+    all_reports: int = 0
+    first_report: datetime | None = None
+    last_report: datetime | None = None
 
     @property
     def pass_rate(self) -> float | None:
@@ -75,55 +89,23 @@ class DomainSummary:
             "passing": self.passing,
             "pass_rate": self.pass_rate,
             "source_count": self.source_count,
+            "reports": self.reports,
+            "all_reports": self.all_reports,
+            "first_report": None if self.first_report is None else self.first_report.isoformat(),
+            "last_report": None if self.last_report is None else self.last_report.isoformat(),
             "reporters": self.reporters,
             "top_sources": self.sources,
             "top_failing_sources": self.failing,
         }
-
-    def text(self) -> str:
-        rate = f"{self.pass_rate}%" if self.pass_rate is not None else "n/a"
-        lines = [
-            f"{self.domain}: {self.since:%Y-%m-%d} to {self.until:%Y-%m-%d}",
-            f"  {self.messages} messages reported, {self.passing} passing DMARC ({rate}), "
-            f"from {self.source_count} sources",
-            "  reporters:",
-            *(
-                f"    {r['reporter']:<32} {r['messages']:>10} messages in {r['reports']} reports"
-                for r in self.reporters
-            ),
-            "  top sources:",
-            *(
-                f"    {s['source']:<40} {s['messages']:>10} messages, {s['passing']} passing"
-                + _sender(s)
-                for s in self.sources
-            ),
-            "  top failing sources:",
-            *(
-                f"    {s['source']:<40} {s['failing']:>10} failing ({', '.join(s['reporters'])})"
-                + _sender(s)
-                for s in self.failing
-            ),
-        ]
-        return "\n".join(lines)
-
-
-def _sender(source: dict[str, Any]) -> str:
-    """What sender identification found: the PTR name, with the service or a warning
-    that the name does not lead back to the address."""
-    name = source.get("ptr_name")
-    if name is None:
-        return ""
-    if not source.get("ptr_confirmed"):
-        return f"  {name} (not forward-confirmed)"
-    service = source.get("service")
-    return f"  {name} ({service})" if service else f"  {name}"
 
 
 async def summarize(
     conn: Conn, domain: str, since: datetime, until: datetime, top: int = 10
 ) -> DomainSummary:
     totals = await conn.fetchrow(_TOTALS, domain, since, until)
+    span = await conn.fetchrow(_SPAN, domain, since, until)
     assert totals is not None
+    assert span is not None
     return DomainSummary(
         domain=domain,
         since=since,
@@ -131,6 +113,10 @@ async def summarize(
         messages=int(totals["messages"]),
         passing=int(totals["passing"]),
         source_count=int(totals["sources"]),
+        reports=int(span["in_window"]),
+        all_reports=int(span["reports"]),
+        first_report=span["first"],
+        last_report=span["last"],
         reporters=[dict(r) for r in await conn.fetch(_REPORTERS, domain, since, until)],
         sources=[dict(r) for r in await conn.fetch(_SOURCES, domain, since, until, top)],
         failing=[
