@@ -274,9 +274,7 @@ def replace_with(path: Path, data: bytes) -> None:
     ],
     ids=["garbage", "unknown type", "removed"],
 )
-def test_a_bad_replacement_keeps_the_old_file(
-    tmp_path: Path, spoil: Callable[[Path], Any]
-) -> None:
+def test_a_bad_replacement_keeps_the_old_file(tmp_path: Path, spoil: Callable[[Path], Any]) -> None:
     path = write_mmdb(tmp_path / "geo.mmdb", "GeoLite2-Country", {V4: country_record("FR")})
     calls = Calls()
     dbs = opened([path], calls)
