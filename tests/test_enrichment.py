@@ -280,6 +280,7 @@ def shown_networks(db: str) -> dict[str, tuple[Any, ...]]:
     return {s["source"]: (s["country"], s["asn"], s["as_org"]) for s in report["top_sources"]}
 
 
+@pytest.mark.slow
 def test_serve_enriches_in_the_background_and_reloads(db: str, tmp_path: Path) -> None:
     paths = served_databases(tmp_path)
     with running(

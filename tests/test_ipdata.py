@@ -94,6 +94,8 @@ def test_each_known_type_over_ipv4_and_ipv6(tmp_path: Path, database_type: str) 
     path = write_mmdb(tmp_path / "db.mmdb", database_type, {V4: v4_record, V6: v6_record})
     dbs = IpDatabases.open([str(path)])
     try:
+        # maxminddb's C extension, on a memory-mapped file
+        assert type(dbs.files[0].reader).__module__ == "maxminddb.extension"
         assert dbs.lookup("192.0.2.77") == v4
         assert dbs.lookup("2001:db8:1234::25") == v6
         assert dbs.lookup("198.51.100.1") == UNKNOWN  # a network the file does not hold

@@ -209,6 +209,8 @@ class SenderIdentifier:
             done += written
             if after is None:
                 break
+        if done:
+            log.info("ip_databases_applied", count=done, version=version.isoformat())
         return done
 
     async def relabel(self) -> int:
