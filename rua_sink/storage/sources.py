@@ -115,7 +115,7 @@ FOR UPDATE SKIP LOCKED
 
 class SourceHosts:
     """The statements of sender identification on ``source_hosts``; each runs on its own
-    connection of the pool (one statement, one transaction)."""
+    connection of the pool (one statement, one transaction; ``enrich_due``: two)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
