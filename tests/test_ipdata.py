@@ -322,3 +322,11 @@ def test_no_files_no_answers() -> None:
     dbs = IpDatabases.open([])
     assert len(dbs) == 0 and dbs.lookup("192.0.2.1") == UNKNOWN
     assert dbs.oldest_build == 0.0 and dbs.refresh() == 0
+
+
+def test_the_setting_is_a_list_of_files() -> None:
+    from rua_sink.config import Settings
+
+    assert Settings.from_env({}).ip_databases == ()
+    env = {"RUA_SINK_IP_DATABASES": " /geo/City.mmdb , /geo/ASN.mmdb ,"}
+    assert Settings.from_env(env).ip_databases == ("/geo/City.mmdb", "/geo/ASN.mmdb")
