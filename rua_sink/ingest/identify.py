@@ -85,6 +85,9 @@ class SenderIdentifier:
         self.pool = pool
         #: The IP databases, if configured: country and network of each address.
         self.networks = networks
+        #: The version of the IP databases being applied, and the last address done (None:
+        #: the next pass starts from the lowest).
+        self._enriching: tuple[datetime | None, str | None] = (None, None)
         self.hosts = SourceHosts(pool)
         self.lookup = SenderLookup(
             resolver=resolver,
@@ -196,19 +199,24 @@ class SenderIdentifier:
         return tally
 
     async def enrich_due(self, limit: int) -> int:
-        """One pass, in address order, over rows never enriched or enriched before the IP
-        databases' version; at most ``limit`` rows written."""
+        """Go on with the pass, in address order, over rows never enriched or enriched
+        before the IP databases' version; at most ``limit`` rows written. A pass left
+        unfinished by the limit resumes at the next call where it stopped (unless the
+        version changed meanwhile: then a new pass starts), so that applying a new file to
+        many rows, a sweep at a time, reads each row once; a finished pass starts again
+        from the lowest address at the next call."""
         if self.networks is None:
             return 0
         version = self.networks.version
+        after = self._enriching[1] if self._enriching[0] == version else None
         done = 0
-        after: str | None = None
         while done < limit:
             want = min(self.batch_size, limit - done)
             written, after = await self.hosts.enrich_due(version, want, self.network, after)
             done += written
             if after is None:
                 break
+        self._enriching = (version, after)
         if done:
             log.info("ip_databases_applied", count=done, version=version.isoformat())
         return done
