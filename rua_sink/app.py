@@ -12,8 +12,9 @@ In ``serve``, one asyncio loop holds everything: the SMTP server (aiosmtpd's pro
 is current; 503 otherwise, so that Kubernetes stops sending mail to a pod that cannot
 commit).
 
-Sender identification (``ingest.identify``) runs beside them as a background task, which
-shutdown cancels first; so does the hourly task that keeps the record partitions of this
+Sender identification (``ingest.identify``; with RUA_SINK_IP_DATABASES, also the country
+and network of each source address, ``dns.ipdata``) runs beside them as a background task,
+which shutdown cancels first; so does the hourly task that keeps the record partitions of this
 month and the next ready (``storage.partitions``: before listening, then every hour).
 
 SIGTERM or SIGINT: stop accepting, let sessions in flight finish within the grace period,
@@ -38,6 +39,7 @@ from rua_sink import __version__, logs
 from rua_sink.config import Settings
 from rua_sink.core.limits import Limits
 from rua_sink.dns.authz import Authorizer, make_resolver
+from rua_sink.dns.ipdata import IpDatabases
 from rua_sink.dns.mailauth import MailAuthenticator
 from rua_sink.dns.senders import ServiceMap
 from rua_sink.errors import ConfigError, DatabaseError
@@ -178,12 +180,27 @@ def load_services(*, settings: Settings) -> ServiceMap:
     return ServiceMap.load(settings.services_file)
 
 
+def open_ip_databases(*, settings: Settings, metrics: Metrics | None = None) -> IpDatabases | None:
+    """The files of RUA_SINK_IP_DATABASES, opened (None without the setting); ConfigError
+    naming the file if one does not open or is of an unknown type."""
+    if not settings.ip_databases:
+        return None
+    if metrics is None:
+        return IpDatabases.open(settings.ip_databases)
+    return IpDatabases.open(
+        settings.ip_databases,
+        on_loaded=metrics.ip_database_oldest_build.set,
+        on_failure=metrics.ip_database_reload_failures.inc,
+    )
+
+
 def new_identifier(
     *,
     settings: Settings,
     pool: asyncpg.Pool,
     resolver: dns.asyncresolver.Resolver,
     services: ServiceMap,
+    networks: IpDatabases | None = None,
 ) -> SenderIdentifier:
     return SenderIdentifier(
         pool=pool,
@@ -191,12 +208,17 @@ def new_identifier(
         services=services,
         concurrency=settings.identify_concurrency,
         sweep_interval=settings.identify_interval,
+        networks=networks,
     )
 
 
 @asynccontextmanager
 async def open_identifier(
-    *, settings: Settings, services: ServiceMap, database_url: str
+    *,
+    settings: Settings,
+    services: ServiceMap,
+    database_url: str,
+    networks: IpDatabases | None = None,
 ) -> AsyncIterator[SenderIdentifier]:
     """Sender identification for ``rua-sink identify``, on a store of its own."""
     async with open_store(database_url=database_url) as store:
@@ -205,6 +227,7 @@ async def open_identifier(
             pool=store.pool,
             resolver=new_resolver(settings=settings),
             services=services,
+            networks=networks,
         )
 
 
@@ -253,6 +276,7 @@ class App:
             max_reporters=settings.metrics_max_reporters,
         )
         certificate = new_certificate(settings=settings, metrics=metrics)  # and a bad pair
+        networks = open_ip_databases(settings=settings, metrics=metrics)  # and a bad file
         store = await open_database(
             database_url=database_url, min_size=2, max_size=20, reset=keep_session
         )
@@ -261,7 +285,7 @@ class App:
         # the mail run in threads, on a resolver of their own: see mailauth).
         resolver = new_resolver(settings=settings)
         identifier = new_identifier(
-            settings=settings, pool=pool, resolver=resolver, services=services
+            settings=settings, pool=pool, resolver=resolver, services=services, networks=networks
         )
         lookups = metrics.authorization
         authorizer = new_authorizer(
@@ -406,6 +430,8 @@ class App:
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
+        if self.identifier is not None and self.identifier.networks is not None:
+            self.identifier.networks.close()  # its task, the one reader, has ended
         for server in (self.smtp_server, self.http_server):
             if server is not None:
                 server.close()

@@ -230,6 +230,13 @@ SETTINGS: dict[str, Setting] = {
         "",
         "TOML file of sender services by host name suffix, over the shipped mapping",
     ),
+    "ip_databases": Setting(
+        "RUA_SINK_IP_DATABASES",
+        "",
+        "MaxMind-format (.mmdb) files, comma-separated: country and network (AS) of source "
+        "addresses (GeoLite2/GeoIP2 Country, City, ASN, ISP; DB-IP Lite; IPinfo Lite)",
+        _list,
+    ),
     "identify_concurrency": Setting(
         "RUA_SINK_IDENTIFY_CONCURRENCY",
         "8",
@@ -287,6 +294,7 @@ class Settings:
     data_timeout: float
     shutdown_grace: float
     services_file: str
+    ip_databases: tuple[str, ...]
     identify_concurrency: int
     parse_workers: int
     event_loop: str

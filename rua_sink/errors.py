@@ -40,7 +40,9 @@ stops the program with a line naming the setting).
     │       ├── InvalidReport              well-formed but missing or bad required data
     │       └── InvalidJson                TLS report that is not valid JSON
     ├── ConfigError (also a ValueError)    a setting or file rua-sink cannot use
-    │   └── ServicesFileError              RUA_SINK_SERVICES_FILE
+    │   ├── ServicesFileError              RUA_SINK_SERVICES_FILE
+    │   └── IpDatabaseError                RUA_SINK_IP_DATABASES: a file that does not
+    │                                      open, or of an unknown type
     ├── Unavailable                        a service failed for now: 4xx, the sender retries
     │   ├── DnsUnavailable                 SERVFAIL or timeout on an answer that decides
     │   │   ├── AuthorizationUnavailable   the _report._dmarc / _smtp._tls check (451 4.4.3)
@@ -243,6 +245,10 @@ class ConfigError(RuaSinkError, ValueError):
 
 class ServicesFileError(ConfigError):
     """A services mapping file that cannot be read or holds what rua-sink cannot use."""
+
+
+class IpDatabaseError(ConfigError):
+    """An IP database file that does not open, or whose type rua-sink does not know."""
 
 
 class Unavailable(RuaSinkError):

@@ -165,6 +165,20 @@ class Metrics:
             "is still served)",
             registry=r,
         )
+        # The IP databases (dns.ipdata): the oldest file's build, one series however many
+        # files, always exported (0 without any), so that an alert on staleness needs no
+        # "absent" case.
+        self.ip_database_oldest_build = Gauge(
+            "rua_sink_ip_database_oldest_build_timestamp_seconds",
+            "build_epoch of the oldest IP database file in use (0: none configured)",
+            registry=r,
+        )
+        self.ip_database_reload_failures = Counter(
+            "rua_sink_ip_database_reload_failures_total",
+            "Changes of an IP database file that did not load (the file loaded before is "
+            "still used)",
+            registry=r,
+        )
 
     def dmarc(
         self,

@@ -223,6 +223,42 @@ def test_full_values_wire_tls_proxy_and_extra_env(full: list[Manifest]) -> None:
     assert "replicas" not in _one(full, "Deployment")["spec"]  # the HPA owns it
 
 
+IP_DATABASES = "/var/lib/rua-sink/ip-databases"
+
+
+def _ip_databases(objects: list[Manifest]) -> tuple[str | None, Any, Any]:
+    """RUA_SINK_IP_DATABASES, the mount and the volume of the IP databases."""
+    pod = _one(objects, "Deployment")["spec"]["template"]["spec"]
+    (server,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in server["env"]}
+    mounts = [m for m in server["volumeMounts"] if m["name"] == "ip-databases"]
+    volumes = [v for v in pod["volumes"] if v["name"] == "ip-databases"]
+    return env.get("RUA_SINK_IP_DATABASES"), mounts, volumes
+
+
+def test_ip_databases_from_a_claim_or_any_volume(
+    defaults: list[Manifest], full: list[Manifest]
+) -> None:
+    assert _ip_databases(defaults) == (None, [], [])
+    setting, mounts, volumes = _ip_databases(full)
+    assert setting == f"{IP_DATABASES}/GeoLite2-City.mmdb,{IP_DATABASES}/GeoLite2-ASN.mmdb"
+    assert mounts == [{"name": "ip-databases", "mountPath": IP_DATABASES, "readOnly": True}]
+    assert volumes == [
+        {"name": "ip-databases", "persistentVolumeClaim": {"claimName": "geoip", "readOnly": True}}
+    ]
+    secret = {"secret": {"secretName": "dbip-lite", "defaultMode": 292}}
+    objects = _objects(
+        _render({"ipDatabases": {"files": ["dbip-country-lite.mmdb"], "volume": secret}})
+    )
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+    setting, mounts, volumes = _ip_databases(objects)
+    assert setting == f"{IP_DATABASES}/dbip-country-lite.mmdb"
+    assert volumes == [{"name": "ip-databases", **secret}]
+    with pytest.raises(helm.HelmError, match=r"ipDatabases\.files needs"):
+        _render({"ipDatabases": {"files": ["GeoLite2-ASN.mmdb"]}})
+
+
 def test_network_policy(full: list[Manifest]) -> None:
     spec = _one(full, "NetworkPolicy", "rua-sink")["spec"]
     smtp, metrics = spec["ingress"]
@@ -401,6 +437,9 @@ def test_notes_print_the_dns_records() -> None:
         {"prune": {"failureRetention": "1h"}},
         {"prune": {"schedule": "daily"}},
         {"prune": {"enabled": "yes"}},
+        {"ipDatabases": {"bogus": 1}},
+        {"ipDatabases": {"files": ["a.mmdb,b.mmdb"]}},
+        {"ipDatabases": {"files": ["/etc/passwd"]}},
     ],
 )
 def test_schema_rejects_unknown_keys_and_bad_values(values: dict[str, Any]) -> None:

@@ -466,6 +466,7 @@ def test_identify_and_report_commands(db: str, dns_zone: tuple[Zone, str], tmp_p
         "labelled": 4,  # Google, Twilio SendGrid, Example Org, Mailgun
         "unnamed": 1,
         "failed": 0,
+        "enriched": 0,  # no IP databases
         "relabelled": 0,
     }
 

@@ -165,6 +165,17 @@ def _sender(source: dict[str, Any]) -> str | None:
     return f"{name} ({service})" if service else str(name)
 
 
+def _network(source: dict[str, Any]) -> str | None:
+    """What the IP databases said: ``FR, AS64500 Example Net``, or nothing."""
+    parts = []
+    if source.get("country"):
+        parts.append(str(source["country"]))
+    if source.get("asn") is not None:
+        org = source.get("as_org")
+        parts.append(f"AS{source['asn']} {org}" if org else f"AS{source['asn']}")
+    return ", ".join(parts) or None
+
+
 _REPORTER_COLUMNS = (
     Column("reporter", "REPORTER"),
     Column("reports", "REPORTS", right=True),
@@ -175,12 +186,14 @@ _SOURCE_COLUMNS = (
     Column("messages", "MESSAGES", right=True),
     Column("passing", "PASSING", right=True),
     Column("sender", "SENDER"),
+    Column("network", "NETWORK"),
 )
 _FAILING_COLUMNS = (
     Column("source", "FAILING SOURCE"),
     Column("failing", "FAILING", right=True),
     Column("reporters", "REPORTERS"),
     Column("sender", "SENDER"),
+    Column("network", "NETWORK"),
 )
 
 
@@ -211,7 +224,7 @@ def write_report(out: TextIO, result: DomainSummary) -> None:
         emit(
             out,
             columns,
-            [{**row, "sender": _sender(row)} for row in rows],
+            [{**row, "sender": _sender(row), "network": _network(row)} for row in rows],
             as_json=False,
             empty=f"{columns[0].header}: none",
         )

@@ -88,28 +88,46 @@ def _log_prune(summary: dict[str, Any], finished: datetime) -> None:
 
 
 def cmd_identify(args: argparse.Namespace, out: TextIO) -> int:
-    from rua_sink.app import load_services, open_identifier  # noqa: PLC0415 - see main's docstring
+    from rua_sink.app import (  # noqa: PLC0415 - see main's docstring
+        load_services,
+        open_identifier,
+        open_ip_databases,
+    )
 
     settings = Settings.from_env(os.environ)
     services = load_services(settings=settings)  # a broken file stops us here
+    networks = open_ip_databases(settings=settings)  # and so does a bad IP database
 
     async def run() -> dict[str, int]:
         async with open_identifier(
-            settings=settings, services=services, database_url=resolve_url(os.environ)
+            settings=settings,
+            services=services,
+            database_url=resolve_url(os.environ),
+            networks=networks,
         ) as identifier:
             relabelled = await identifier.relabel()
             tally = await identifier.sweep(args.limit or sys.maxsize)
             return {**tally.as_json(), "relabelled": relabelled}
 
-    result = asyncio.run(run())
+    try:
+        result = asyncio.run(run())
+    finally:
+        if networks is not None:
+            networks.close()
     if args.json:
         out.write(json.dumps(result) + "\n")
     else:
+        enriched = (
+            f"; {result['enriched']} given a country and network by the IP databases"
+            if networks is not None
+            else ""
+        )
         out.write(
             f"{result['looked_up']} source addresses looked up: {result['named']} named "
             f"({result['confirmed']} forward-confirmed, {result['labelled']} with a service), "
             f"{result['unnamed']} without a name, {result['failed']} temporary DNS errors "
-            f"(tried again later); {result['relabelled']} labels changed by the mapping\n"
+            f"(tried again later){enriched}; {result['relabelled']} labels changed by the "
+            "mapping\n"
         )
     return 0
 
@@ -157,7 +175,8 @@ def add_identify(sub: Any) -> None:
     p = sub.add_parser(
         "identify",
         help="look up the PTR names and services of source addresses not looked up yet "
-        "or due again (backfilled reports)",
+        "or due again (backfilled reports); with RUA_SINK_IP_DATABASES, their country and "
+        "network too",
     )
     p.add_argument(
         "--limit", type=positive_int, metavar="N", help="at most N addresses (default: all)"

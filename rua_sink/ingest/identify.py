@@ -10,6 +10,13 @@ and database work with bounded concurrency. A periodic ``sweep`` catches up with
 was dropped, backfilled or is due again: new addresses, lookups older than ``refresh``,
 and claims older than ``retry_after`` (a replica that died, or a temporary DNS error,
 which is stored in ``lookup_error``).
+
+With IP databases (``rua_sink.dns.ipdata``, RUA_SINK_IP_DATABASES), each round also gives
+the addresses it claimed their country, AS number and AS organisation, and each sweep
+first reloads the files that changed, then passes once over the rows enriched before the
+databases' version (the latest build or mtime of their files), ``batch_size`` at a time.
+Those look-ups are memory-mapped reads in this same background task: like the DNS work,
+they never run on the path that answers an SMTP client.
 """
 
 from __future__ import annotations
@@ -22,8 +29,9 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, TypeVar
 
 from rua_sink import logs
+from rua_sink.dns.ipdata import IpDatabases
 from rua_sink.dns.senders import Identity, SenderLookup, ServiceMap, Unanswered
-from rua_sink.storage.sources import DATABASE_ERRORS, Found, SourceHosts
+from rua_sink.storage.sources import DATABASE_ERRORS, Enriched, Found, SourceHosts
 
 if TYPE_CHECKING:
     import asyncpg
@@ -45,6 +53,7 @@ class Tally:
     labelled: int = 0  # ... with a service label
     unnamed: int = 0  # no PTR record
     failed: int = 0  # temporary DNS errors, left for a later retry
+    enriched: int = 0  # addresses given what the IP databases say of them
 
     def add(self, other: Tally) -> None:
         for name, value in asdict(other).items():
@@ -71,8 +80,14 @@ class SenderIdentifier:
         sweep_interval: float = 300.0,
         cache_ttl: float = 3600.0,
         cache_size: int = 10_000,
+        networks: IpDatabases | None = None,
     ) -> None:
         self.pool = pool
+        #: The IP databases, if configured: country and network of each address.
+        self.networks = networks
+        #: The version of the IP databases being applied, and the last address done (None:
+        #: the next pass starts from the lowest).
+        self._enriching: tuple[datetime | None, str | None] = (None, None)
         self.hosts = SourceHosts(pool)
         self.lookup = SenderLookup(
             resolver=resolver,
@@ -129,7 +144,7 @@ class SenderIdentifier:
                     # stored_at is when a report's transaction began: an hour of overlap
                     # covers transactions that committed long after they began.
                     since = started - timedelta(hours=1)
-                    backlog = tally.looked_up >= self.batch_size
+                    backlog = max(tally.looked_up, tally.enriched) >= self.batch_size
                 next_sweep = time.monotonic() + (0.0 if backlog else self.sweep_interval)
             ids = self._queued()
             if not ids:
@@ -166,7 +181,10 @@ class SenderIdentifier:
     async def sweep(self, limit: int, *, since: datetime | None = None) -> Tally:
         """Add the addresses of records without a ``source_hosts`` row (of reports stored
         since ``since``, or of all), then claim and look up at most ``limit`` addresses that
-        are new, due for a refresh, or whose earlier claim has run out."""
+        are new, due for a refresh, or whose earlier claim has run out. With IP databases:
+        reload the files that changed first, and enrich at most ``limit`` rows due after."""
+        if self.networks is not None:
+            self.networks.refresh()
         await self.hosts.discover(since)
         tally = Tally()
         while tally.looked_up < limit:
@@ -177,7 +195,31 @@ class SenderIdentifier:
             if not ips:
                 break
             tally.add(await self._identify(ips))
+        tally.enriched += await self.enrich_due(limit)
         return tally
+
+    async def enrich_due(self, limit: int) -> int:
+        """Go on with the pass, in address order, over rows never enriched or enriched
+        before the IP databases' version; at most ``limit`` rows written. A pass left
+        unfinished by the limit resumes at the next call where it stopped (unless the
+        version changed meanwhile: then a new pass starts), so that applying a new file to
+        many rows, a sweep at a time, reads each row once; a finished pass starts again
+        from the lowest address at the next call."""
+        if self.networks is None:
+            return 0
+        version = self.networks.version
+        after = self._enriching[1] if self._enriching[0] == version else None
+        done = 0
+        while done < limit:
+            want = min(self.batch_size, limit - done)
+            written, after = await self.hosts.enrich_due(version, want, self.network, after)
+            done += written
+            if after is None:
+                break
+        self._enriching = (version, after)
+        if done:
+            log.info("ip_databases_applied", count=done, version=version.isoformat())
+        return done
 
     async def relabel(self) -> int:
         """Apply the current mapping to the forward-confirmed names already stored (the
@@ -214,7 +256,15 @@ class SenderIdentifier:
         if failed:
             await self.hosts.failed(failed)
             log.info("sender_lookups_failed", count=len(failed), first=failed[0][1])
+        if self.networks is not None:
+            tally.enriched += await self.hosts.enrich([self.network(ip) for ip in ips])
         return tally
+
+    def network(self, ip: str) -> Enriched:
+        """What the IP databases say of ``ip`` (memory-mapped reads, microseconds)."""
+        assert self.networks is not None
+        found = self.networks.lookup(ip)
+        return (ip, found.country, found.asn, found.as_org)
 
     # -- DNS -----------------------------------------------------------------------------
 

@@ -9,11 +9,17 @@ Replicas share the table. A row is claimed (``claimed_at``) by whoever inserts i
 SKIP LOCKED``; a claim older than ``retry_after`` is taken over, so that the work of a
 replica that died is not lost, and that is also how a temporary DNS error is retried. A
 lookup older than ``refresh`` is due again.
+
+The country and network columns (``country``, ``asn``, ``as_org``, ``enriched_at``) are
+filled from IP databases, when configured, by the same rounds: for the addresses each
+round claims, and again for rows enriched before the databases' current version. Those
+writes lock their rows with ``SKIP LOCKED``: a row another replica is writing is left to
+it (or to a later sweep), and no two writers wait for each other.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import TypeAlias
 
@@ -21,6 +27,9 @@ import asyncpg
 
 #: What a database that fails a statement raises (connection lost, timeout, server error).
 DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError)
+
+#: What the IP databases say of one address: ip, country, AS number, AS organisation.
+Enriched: TypeAlias = tuple[str, str | None, int | None, str | None]
 
 #: A complete lookup of one address: ip, PTR name, forward-confirmed, organizational
 #: domain, service (all but ip None when the address has no name).
@@ -81,9 +90,32 @@ WHERE h.ptr_confirmed AND h.ptr_name = m.name AND h.service IS DISTINCT FROM m.s
 """
 
 
+# Rows locked in address order and skipped if locked: never a wait, so never a deadlock.
+_ENRICH = """
+WITH m AS (
+    SELECT * FROM unnest($1::inet[], $2::text[], $3::bigint[], $4::text[])
+        AS m (ip, country, asn, as_org)
+), locked AS (
+    SELECT h.ip FROM source_hosts h WHERE h.ip IN (SELECT ip FROM m)
+    ORDER BY h.ip FOR UPDATE SKIP LOCKED
+)
+UPDATE source_hosts h
+SET country = m.country, asn = m.asn, as_org = m.as_org, enriched_at = now()
+FROM m JOIN locked USING (ip)
+WHERE h.ip = m.ip
+"""
+# In address order from after a cursor: a sweep passes over each row once at most.
+_DUE_FOR_ENRICHMENT = """
+SELECT host(ip) FROM source_hosts
+WHERE (enriched_at IS NULL OR enriched_at < $1) AND ($3::inet IS NULL OR ip > $3::inet)
+ORDER BY ip LIMIT $2
+FOR UPDATE SKIP LOCKED
+"""
+
+
 class SourceHosts:
     """The statements of sender identification on ``source_hosts``; each runs on its own
-    connection of the pool (one statement, one transaction)."""
+    connection of the pool (one statement, one transaction; ``enrich_due``: two)."""
 
     def __init__(self, pool: asyncpg.Pool) -> None:
         self.pool = pool
@@ -127,3 +159,32 @@ class SourceHosts:
         returns how many rows changed."""
         status = await self.pool.execute(_RELABEL, list(names), list(services))
         return int(status.split()[-1])
+
+    async def enrich(self, rows: Sequence[Enriched]) -> int:
+        """Store what the IP databases say of these addresses; returns how many rows were
+        written (a row another writer holds is skipped)."""
+        if not rows:
+            return 0
+        ips, countries, asns, orgs = (list(column) for column in zip(*rows, strict=True))
+        status = await self.pool.execute(_ENRICH, ips, countries, asns, orgs)
+        return int(status.split()[-1])
+
+    async def enrich_due(
+        self,
+        older_than: datetime,
+        limit: int,
+        look_up: Callable[[str], Enriched],
+        after: str | None = None,
+    ) -> tuple[int, str | None]:
+        """Apply ``look_up`` to at most ``limit`` rows never enriched or enriched before
+        ``older_than``, with addresses after ``after`` (all if None), in one transaction
+        that holds only those rows (skipping rows others hold). Returns how many were
+        written and the last address taken (None when none was due: the pass is over)."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            due = [r[0] for r in await conn.fetch(_DUE_FOR_ENRICHMENT, older_than, limit, after)]
+            if not due:
+                return 0, None
+            rows = [look_up(ip) for ip in due]
+            ips, countries, asns, orgs = (list(column) for column in zip(*rows, strict=True))
+            status = await conn.execute(_ENRICH, ips, countries, asns, orgs)
+            return int(status.split()[-1]), due[-1]

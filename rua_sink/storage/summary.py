@@ -15,7 +15,8 @@ SELECT coalesce(sum(message_count), 0) AS messages,
 FROM aggregate_records
 WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3
 """
-# The top sources, then what sender identification (``dns.senders``) knows of them.
+# The top sources, then what sender identification knows of them: the PTR name and service
+# (``dns.senders``), the country and network (``dns.ipdata``).
 _SOURCES = """
 WITH top AS (
     SELECT coalesce(host(source_ip), source_ip_text) AS source, min(source_ip) AS ip,
@@ -25,7 +26,8 @@ WITH top AS (
     WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3
     GROUP BY 1 ORDER BY messages DESC, source LIMIT $4
 )
-SELECT top.source, top.messages, top.passing, h.ptr_name, h.ptr_confirmed, h.service
+SELECT top.source, top.messages, top.passing, h.ptr_name, h.ptr_confirmed, h.service,
+       h.country, h.asn, h.as_org
 FROM top LEFT JOIN source_hosts h ON h.ip = top.ip
 ORDER BY top.messages DESC, top.source
 """
@@ -38,7 +40,8 @@ WITH top AS (
     WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3 AND dmarc_pass IS NOT TRUE
     GROUP BY 1 ORDER BY failing DESC, source LIMIT $4
 )
-SELECT top.source, top.failing, top.reporters, h.ptr_name, h.ptr_confirmed, h.service
+SELECT top.source, top.failing, top.reporters, h.ptr_name, h.ptr_confirmed, h.service,
+       h.country, h.asn, h.as_org
 FROM top LEFT JOIN source_hosts h ON h.ip = top.ip
 ORDER BY top.failing DESC, top.source
 """

@@ -128,3 +128,14 @@ seccompProfile:
 {{- end }}
 {{- $domains | uniq | sortAlpha | join "," }}
 {{- end }}
+
+{{/*
+RUA_SINK_IP_DATABASES: each file of ipDatabases.files in the volume's mount.
+*/}}
+{{- define "rua-sink.ipDatabases" -}}
+{{- $paths := list }}
+{{- range .Values.ipDatabases.files }}
+{{- $paths = append $paths (printf "/var/lib/rua-sink/ip-databases/%s" .) }}
+{{- end }}
+{{- join "," $paths }}
+{{- end }}
