@@ -15,7 +15,8 @@ SELECT coalesce(sum(message_count), 0) AS messages,
 FROM aggregate_records
 WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3
 """
-# The top sources, then what sender identification (``dns.senders``) knows of them.
+# The top sources, then what sender identification (``dns.senders``) knows of them, and
+# their class (``storage.classify``: the database's dmarc_sources).
 _SOURCES = """
 WITH top AS (
     SELECT coalesce(host(source_ip), source_ip_text) AS source, min(source_ip) AS ip,
@@ -25,8 +26,10 @@ WITH top AS (
     WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3
     GROUP BY 1 ORDER BY messages DESC, source LIMIT $4
 )
-SELECT top.source, top.messages, top.passing, h.ptr_name, h.ptr_confirmed, h.service
+SELECT top.source, top.messages, top.passing, h.ptr_name, h.ptr_confirmed, h.service,
+       c.classification
 FROM top LEFT JOIN source_hosts h ON h.ip = top.ip
+LEFT JOIN dmarc_sources($1, $2, $3) c ON c.source = top.source
 ORDER BY top.messages DESC, top.source
 """
 _FAILING = """
@@ -38,8 +41,10 @@ WITH top AS (
     WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3 AND dmarc_pass IS NOT TRUE
     GROUP BY 1 ORDER BY failing DESC, source LIMIT $4
 )
-SELECT top.source, top.failing, top.reporters, h.ptr_name, h.ptr_confirmed, h.service
+SELECT top.source, top.failing, top.reporters, h.ptr_name, h.ptr_confirmed, h.service,
+       c.classification
 FROM top LEFT JOIN source_hosts h ON h.ip = top.ip
+LEFT JOIN dmarc_sources($1, $2, $3) c ON c.source = top.source
 ORDER BY top.failing DESC, top.source
 """
 _REPORTERS = """
@@ -94,12 +99,14 @@ class DomainSummary:
             "  top sources:",
             *(
                 f"    {s['source']:<40} {s['messages']:>10} messages, {s['passing']} passing"
+                + f"  [{s['classification']}]"
                 + _sender(s)
                 for s in self.sources
             ),
             "  top failing sources:",
             *(
                 f"    {s['source']:<40} {s['failing']:>10} failing ({', '.join(s['reporters'])})"
+                + f"  [{s['classification']}]"
                 + _sender(s)
                 for s in self.failing
             ),
