@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -184,8 +185,16 @@ def record(
     )
 
 
-def report(report_id: str, *records: str, org: str = "receiver.example") -> bytes:
+def report(
+    report_id: str, *records: str, org: str = "receiver.example", begin: datetime | None = None
+) -> bytes:
+    """A report about example.com of ``records``, in a message; of the day that starts at
+    ``begin`` (by default, report_xml's day of November 2023)."""
     xml = report_xml(body="".join(records), report_id=report_id, org=org)
+    if begin is not None:
+        start = int(begin.timestamp())
+        xml = xml.replace(b"1700000000", str(start).encode())
+        xml = xml.replace(b"1700086399", str(start + 86399).encode())
     return message((gz(xml), "application/gzip", f"{org}!example.com!1!2.xml.gz"))
 
 

@@ -1,0 +1,146 @@
+"""Change detection: sources and services new to a domain, and pass rates that dropped under
+the domain's trailing average, through the real `rua-sink changes` and a running `rua-sink
+serve`'s gauges, on a real database."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from rua_sink.core.limits import Limits
+from rua_sink.ingest.ingester import Ingester
+from rua_sink.storage.store import Store
+
+from .pg import fetch
+from .procs import cli
+from .smtpserver import running, scrape, send
+from .storage import ingest_bytes, with_store
+from .test_classify import host, record, report
+
+PASS = {"dkim": "pass", "signatures": (("example.com", "pass"),)}
+BASELINE = "192.0.2.1"  # sends every day, passing
+NEWCOMER = "192.0.2.9"  # first seen in the last day, failing
+OLD = "192.0.2.77"  # only in a report of 2023, backfilled today
+
+
+def day(days_ago: float) -> datetime:
+    now = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return now - timedelta(days=days_ago)
+
+
+def store(db: str, *messages: tuple[bytes, datetime | None]) -> None:
+    """Each message stored as if received at its time (None: now)."""
+
+    async def go(s: Store) -> None:
+        ingester = Ingester(s, limits=Limits())
+        for data, when in messages:
+            assert (await ingest_bytes(ingester, data, when=when)).reports_new == 1
+
+    with_store(db, go)
+
+
+def history(db: str) -> None:
+    """A fortnight of one passing source, then a day in which a newcomer fails half the
+    messages, and an old report backfilled."""
+    now = datetime.now(UTC)
+    store(
+        db,
+        *(
+            (
+                report(f"base-{n}", record(BASELINE, 100, **PASS), begin=day(n + 1)),
+                now - timedelta(days=n),
+            )
+            for n in range(2, 12)
+        ),
+        (
+            report("today", record(BASELINE, 50, **PASS), record(NEWCOMER, 50), begin=day(1)),
+            None,
+        ),
+        (report("backfilled", record(OLD, 5)), None),  # report_xml's day of 2023
+    )
+
+
+def changes(db: str, *args: str) -> list[dict[str, Any]]:
+    done = cli("changes", *args, "--json", env={"RUA_SINK_DATABASE_URL": db})
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+def test_changes_lists_new_sources_services_and_drops(db: str) -> None:
+    history(db)
+    host(db, NEWCOMER, ptr_name="o1.sendgrid.net", ptr_confirmed=True, service="SendGrid")
+    host(db, BASELINE, ptr_name="mail-a.google.com", ptr_confirmed=True, service="Google")
+    got = changes(db)
+    by_kind = {(c["change"], c["domain"], c.get("what")): c for c in got}
+    assert set(by_kind) == {
+        ("new_source", "example.com", NEWCOMER),
+        ("new_service", "example.com", "SendGrid"),
+        ("pass_rate_drop", "example.com", "100.0% -> 50.0%"),
+    }
+    source = by_kind["new_source", "example.com", NEWCOMER]
+    assert (source["service"], source["first_seen"][:10]) == ("SendGrid", day(1).date().isoformat())
+    assert by_kind["new_service", "example.com", "SendGrid"]["sources"] == [NEWCOMER]
+    drop = by_kind["pass_rate_drop", "example.com", "100.0% -> 50.0%"]
+    assert (drop["day_messages"], drop["trailing_messages"]) == (100, 1000)
+    assert (drop["day_pass_ratio"], drop["trailing_pass_ratio"], drop["drop"]) == (0.5, 1.0, 0.5)
+
+    # Over a fortnight, the baseline and its service are new too; the backfill never is.
+    fortnight = {(c["change"], c.get("what")) for c in changes(db, "--days", "14")}
+    assert ("new_source", BASELINE) in fortnight and ("new_service", "Google") in fortnight
+    assert not any(OLD in str(c) for c in changes(db, "--days", "14"))
+    # A drop of 50 points is not over a threshold of 60.
+    assert {c["change"] for c in changes(db, "--threshold", "0.6")} == {
+        "new_source",
+        "new_service",
+    }
+    # Each report is swept once: running again changes no totals.
+    (totals,) = fetch(db, "SELECT count(*) AS n, sum(messages) AS m FROM report_totals")
+    assert (totals["n"], totals["m"]) == (12, 1105)
+
+    text = cli("changes", env={"RUA_SINK_DATABASE_URL": db})
+    assert text.returncode == 0, text.stderr
+    header, *lines = text.stdout.splitlines()
+    assert header.split()[:3] == ["CHANGE", "DOMAIN", "WHAT"]
+    assert [line.split()[0] for line in lines] == ["new_source", "new_service", "pass_rate_drop"]
+    assert "o1.sendgrid.net (SendGrid)" in lines[0]
+
+
+def test_nothing_new_and_bad_arguments(db: str) -> None:
+    done = cli("changes", env={"RUA_SINK_DATABASE_URL": db})
+    assert (done.returncode, done.stdout) == (0, "no changes\n")
+    for args in (("--days", "0"), ("--threshold", "2")):
+        bad = cli("changes", *args, env={"RUA_SINK_DATABASE_URL": db})
+        assert bad.returncode != 0 and bad.stderr.startswith("rua-sink: "), bad.stderr
+        assert "Traceback" not in bad.stderr
+
+
+def gauges(samples: dict[Any, float], name: str) -> dict[tuple[tuple[str, str], ...], float]:
+    return {labels: v for (n, labels), v in samples.items() if n == name}
+
+
+def test_serve_exports_new_sources_and_pass_ratios(db: str) -> None:
+    history(db)  # the baseline before serve starts; its first sweep takes it
+    with running(db, RUA_SINK_CHANGES_INTERVAL="0.5") as server:
+        begin = day(1)
+        code, reply = send(
+            server,
+            report("smtp-1", record("192.0.2.10", 10), record(BASELINE, 10, **PASS), begin=begin),
+        )
+        assert code == 250, reply
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            samples = scrape(server)
+            new = gauges(samples, "rua_sink_new_sources")
+            if new.get((("policy_domain", "example.com"),)) == 2:
+                break
+            time.sleep(0.3)
+        assert new == {(("policy_domain", "example.com"),): 2}  # NEWCOMER and 192.0.2.10
+        ratios = gauges(samples, "rua_sink_dmarc_pass_ratio")
+        assert ratios == {
+            (("policy_domain", "example.com"), ("window", "1d")): 60 / 120,
+            (("policy_domain", "example.com"), ("window", "14d")): 1.0,
+        }
+        assert gauges(samples, "rua_sink_new_services") == {(("policy_domain", "example.com"),): 0}
+    assert server.process.returncode == 0
