@@ -186,16 +186,20 @@ def record(
 
 
 def report(
-    report_id: str, *records: str, org: str = "receiver.example", begin: datetime | None = None
+    report_id: str,
+    *records: str,
+    org: str = "receiver.example",
+    begin: datetime | None = None,
+    domain: str = "example.com",
 ) -> bytes:
-    """A report about example.com of ``records``, in a message; of the day that starts at
+    """A report about ``domain`` of ``records``, in a message; of the day that starts at
     ``begin`` (by default, report_xml's day of November 2023)."""
-    xml = report_xml(body="".join(records), report_id=report_id, org=org)
+    xml = report_xml(body="".join(records), report_id=report_id, org=org, domain=domain)
     if begin is not None:
         start = int(begin.timestamp())
         xml = xml.replace(b"1700000000", str(start).encode())
         xml = xml.replace(b"1700086399", str(start + 86399).encode())
-    return message((gz(xml), "application/gzip", f"{org}!example.com!1!2.xml.gz"))
+    return message((gz(xml), "application/gzip", f"{org}!{domain}!1!2.xml.gz"))
 
 
 ALL_TIME = ("--since", "2023-01-01", "--until", "2024-01-01")  # report_xml's Nov 2023
