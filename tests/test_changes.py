@@ -17,9 +17,8 @@ from .pg import fetch
 from .procs import cli
 from .smtpserver import running, scrape, send
 from .storage import ingest_bytes, with_store
-from .test_classify import host, record, report
+from .test_classify import aligned, host, record, report
 
-PASS = {"dkim": "pass", "signatures": (("example.com", "pass"),)}
 BASELINE = "192.0.2.1"  # sends every day, passing
 NEWCOMER = "192.0.2.9"  # first seen in the last day, failing
 OLD = "192.0.2.77"  # only in a report of 2023, backfilled today
@@ -49,13 +48,13 @@ def history(db: str) -> None:
         db,
         *(
             (
-                report(f"base-{n}", record(BASELINE, 100, **PASS), begin=day(n + 1)),
+                report(f"base-{n}", aligned(BASELINE, 100), begin=day(n + 1)),
                 now - timedelta(days=n),
             )
             for n in range(2, 12)
         ),
         (
-            report("today", record(BASELINE, 50, **PASS), record(NEWCOMER, 50), begin=day(1)),
+            report("today", aligned(BASELINE, 50), record(NEWCOMER, 50), begin=day(1)),
             None,
         ),
         (report("backfilled", record(OLD, 5)), None),  # report_xml's day of 2023
@@ -126,7 +125,7 @@ def test_serve_exports_new_sources_and_pass_ratios(db: str) -> None:
         begin = day(1)
         code, reply = send(
             server,
-            report("smtp-1", record("192.0.2.10", 10), record(BASELINE, 10, **PASS), begin=begin),
+            report("smtp-1", record("192.0.2.10", 10), aligned(BASELINE, 10), begin=begin),
         )
         assert code == 250, reply
         deadline = time.monotonic() + 30

@@ -185,6 +185,11 @@ def record(
     )
 
 
+def aligned(ip: str, count: int) -> str:
+    """A record of messages that pass DMARC: DKIM signed by, and aligned with, example.com."""
+    return record(ip, count, dkim="pass", signatures=(("example.com", "pass"),))
+
+
 def report(
     report_id: str,
     *records: str,
@@ -206,16 +211,15 @@ ALL_TIME = ("--since", "2023-01-01", "--until", "2024-01-01")  # report_xml's No
 
 
 def test_mixed_results_go_by_the_majority_of_messages(db: str) -> None:
-    aligned = {"dkim": "pass", "signatures": (("example.com", "pass"),)}
     store_reports(
         db,
         report(
             "mixed-1",
             # 3 of 5 pass: authorized, its 2 failures counted as failing
-            record("192.0.2.1", 3, **aligned),
+            aligned("192.0.2.1", 3),
             record("192.0.2.1", 2),
             # 2 of 4 pass: no majority, the failures decide (unknown, unsigned: suspicious)
-            record("192.0.2.2", 2, **aligned),
+            aligned("192.0.2.2", 2),
             record("192.0.2.2", 2),
             # a mailing list the receiver vouches for, on 3 of its 4 failing messages
             record("192.0.2.3", 3, reason="mailing_list"),
