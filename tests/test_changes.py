@@ -13,10 +13,10 @@ from rua_sink.core.limits import Limits
 from rua_sink.ingest.ingester import Ingester
 from rua_sink.storage.store import Store
 
-from .pg import fetch
+from .pg import fetch, scratch_database
 from .procs import cli
 from .smtpserver import running, scrape, send
-from .storage import ingest_bytes, with_store
+from .storage import ingest_bytes, store_corpus, with_store
 from .test_classify import aligned, host, record, report
 
 BASELINE = "192.0.2.1"  # sends every day, passing
@@ -143,3 +143,36 @@ def test_serve_exports_new_sources_and_pass_ratios(db: str) -> None:
         }
         assert gauges(samples, "rua_sink_new_services") == {(("policy_domain", "example.com"),): 0}
     assert server.process.returncode == 0
+
+
+def test_an_upgrade_knows_the_sources_already_stored(server_url: str) -> None:
+    with scratch_database(server_url, "rua_sink_changes_upgrade") as (url, _):
+        assert cli("migrate", env={"RUA_SINK_DATABASE_URL": url}).returncode == 0
+        store_corpus(url)
+        received = datetime.now(UTC) - timedelta(hours=5)
+        store(url, (report("before", record(NEWCOMER, 2), begin=day(1)), received))
+        # The schema as the version before 0009 left it.
+        for sql in (
+            "DROP FUNCTION dmarc_sources",
+            "DROP TABLE domain_sources, report_totals",
+            "ALTER TABLE source_hosts DROP COLUMN forwarder",
+            "DELETE FROM schema_migrations WHERE version = 9",
+        ):
+            fetch(url, sql)
+        done = cli("migrate", env={"RUA_SINK_DATABASE_URL": url})
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == {"applied": ["0009_source_classes.sql"]}
+        pairs = fetch(
+            url,
+            "SELECT policy_domain, coalesce(host(source_ip), source_ip_text) AS source,"
+            " min(begin_at) AS first_seen FROM aggregate_records GROUP BY 1, 2",
+        )
+        known = fetch(
+            url, "SELECT policy_domain, source, first_seen, noticed_at FROM domain_sources"
+        )
+        assert {tuple(r) for r in pairs} == {tuple(r)[:3] for r in known}
+        (before,) = [r for r in known if r["source"] == NEWCOMER]
+        assert before["noticed_at"] == received
+        # What arrived before the upgrade is still news after it; the corpus never was.
+        got = changes(url)
+        assert [(c["change"], c["what"]) for c in got] == [("new_source", NEWCOMER)]

@@ -1,5 +1,49 @@
 -- Who sends as a domain, and is each sender legitimate: docs/classification.md.
 --
+-- The tables of change detection first, filled from the records already stored; then
+-- source_hosts' new column and the function that reads it, so that the ACCESS EXCLUSIVE
+-- lock of the ALTER is held for the end of the transaction only.
+
+-- Change detection (docs/classification.md): the first time each source was seen for a
+-- domain, and each aggregate report's totals, kept by a sweep in `rua-sink serve` over the
+-- reports of newly received messages, off the path to the SMTP reply.
+--
+-- first_seen: the begin of the earliest report period that named the source;
+-- noticed_at: when the first message whose report named it was received.
+-- Rows outlive the records' retention: a source pruned away and seen again is not new.
+CREATE TABLE domain_sources (
+    policy_domain   text NOT NULL,
+    source          text NOT NULL,
+    ip              inet,
+    first_seen      timestamptz NOT NULL,
+    noticed_at      timestamptz NOT NULL,
+    PRIMARY KEY (policy_domain, source)
+);
+CREATE INDEX domain_sources_noticed ON domain_sources (noticed_at);
+
+-- One row per aggregate report received in the last 16 days or so (the sweep deletes older
+-- rows): its messages and those passing DMARC, so that a domain's pass ratio over a day
+-- and over the trailing fortnight reads a few thousand rows, not the records.
+CREATE TABLE report_totals (
+    report          bigint PRIMARY KEY,  -- aggregate_reports.id
+    policy_domain   text NOT NULL,
+    begin_at        timestamptz NOT NULL,
+    received_at     timestamptz NOT NULL,
+    messages        bigint NOT NULL,
+    passing         bigint NOT NULL
+);
+CREATE INDEX report_totals_received ON report_totals (received_at);
+
+-- The sources already stored, once, at the upgrade: they are not new.
+INSERT INTO domain_sources (policy_domain, source, ip, first_seen, noticed_at)
+SELECT r.policy_domain, coalesce(host(r.source_ip), r.source_ip_text, ''), min(r.source_ip),
+       min(r.begin_at), min(coalesce(m.received_at, a.stored_at))
+FROM aggregate_records r
+JOIN aggregate_reports a ON a.id = r.report
+LEFT JOIN raw_messages m ON m.id = a.raw_message_id
+WHERE a.authz_verdict IS DISTINCT FROM 'not_authorized'
+GROUP BY 1, 2;
+
 -- source_hosts.forwarder: the address's forward-confirmed name is a known forwarder (a
 -- mailing list host, a forwarding service) in the service map's [forwarders] table; set
 -- with service, at lookup and relabel.
@@ -68,43 +112,3 @@ SELECT per.source, per.ip, per.messages, per.passing, per.messages - per.passing
        END
 FROM per LEFT JOIN source_hosts h ON h.ip = per.ip
 $$;
-
--- Change detection (docs/classification.md): the first time each source was seen for a
--- domain, and each aggregate report's totals, kept by a sweep in `rua-sink serve` over the
--- reports of newly received messages, off the path to the SMTP reply.
---
--- first_seen: the begin of the earliest report period that named the source;
--- noticed_at: when the first message whose report named it was received.
--- Rows outlive the records' retention: a source pruned away and seen again is not new.
-CREATE TABLE domain_sources (
-    policy_domain   text NOT NULL,
-    source          text NOT NULL,
-    ip              inet,
-    first_seen      timestamptz NOT NULL,
-    noticed_at      timestamptz NOT NULL,
-    PRIMARY KEY (policy_domain, source)
-);
-CREATE INDEX domain_sources_noticed ON domain_sources (noticed_at);
-
--- One row per aggregate report received in the last 16 days or so (the sweep deletes older
--- rows): its messages and those passing DMARC, so that a domain's pass ratio over a day
--- and over the trailing fortnight reads a few thousand rows, not the records.
-CREATE TABLE report_totals (
-    report          bigint PRIMARY KEY,  -- aggregate_reports.id
-    policy_domain   text NOT NULL,
-    begin_at        timestamptz NOT NULL,
-    received_at     timestamptz NOT NULL,
-    messages        bigint NOT NULL,
-    passing         bigint NOT NULL
-);
-CREATE INDEX report_totals_received ON report_totals (received_at);
-
--- The sources already stored, once, at the upgrade: they are not new.
-INSERT INTO domain_sources (policy_domain, source, ip, first_seen, noticed_at)
-SELECT r.policy_domain, coalesce(host(r.source_ip), r.source_ip_text, ''), min(r.source_ip),
-       min(r.begin_at), min(coalesce(m.received_at, a.stored_at))
-FROM aggregate_records r
-JOIN aggregate_reports a ON a.id = r.report
-LEFT JOIN raw_messages m ON m.id = a.raw_message_id
-WHERE a.authz_verdict IS DISTINCT FROM 'not_authorized'
-GROUP BY 1, 2;
