@@ -11,6 +11,7 @@ from typing import Any
 
 from rua_sink.core.limits import Limits
 from rua_sink.ingest.ingester import Ingester
+from rua_sink.storage import changes as sweeps
 from rua_sink.storage.store import Store
 
 from .pg import fetch, scratch_database
@@ -176,3 +177,24 @@ def test_an_upgrade_knows_the_sources_already_stored(server_url: str) -> None:
         # What arrived before the upgrade is still news after it; the corpus never was.
         got = changes(url)
         assert [(c["change"], c["what"]) for c in got] == [("new_source", NEWCOMER)]
+
+
+def test_the_sweep_takes_each_report_once_in_batches(db: str) -> None:
+    history(db)  # twelve reports received in the last fortnight
+    old = datetime.now(UTC) - timedelta(days=20)
+    store(db, (report("old", record("192.0.2.60", 1), begin=day(21)), old))
+
+    async def go(s: Store) -> list[tuple[int, int]]:
+        async with s.pool.acquire() as conn:
+            since = datetime(2000, 1, 1, tzinfo=UTC)
+            return [await sweeps.sweep(conn, since, batch=5) for _ in range(2)]
+
+    first, again = with_store(db, go)
+    # 13 reports in three batches (in the order stored); 4 pairs, the baseline's twice: the
+    # second batch holds reports of its older than the first's
+    assert first == (13, 5) and again == (0, 0)
+    (totals,) = fetch(db, "SELECT count(*) AS n, min(received_at) AS oldest FROM report_totals")
+    assert totals["n"] == 12  # the report of 20 days ago taken, then forgotten
+    assert totals["oldest"] > datetime.now(UTC) - sweeps.KEEP_TOTALS
+    (pair,) = fetch(db, "SELECT noticed_at FROM domain_sources WHERE source = '192.0.2.60'")
+    assert pair["noticed_at"] == old

@@ -69,7 +69,7 @@ WITH fresh AS (
 )
 SELECT (SELECT count(*) FROM fresh) AS reports, (SELECT count(*) FROM seen) AS sources
 """
-_FORGET = "DELETE FROM report_totals WHERE received_at < $1"
+_FORGET = "DELETE FROM report_totals WHERE received_at < now() - $1::interval"
 
 # The pairs noticed in [since, now) that were news then.
 _NEW = """
@@ -170,7 +170,7 @@ async def sweep(conn: Conn, since: datetime, *, batch: int = BATCH) -> tuple[int
         sources += row["sources"]
         if row["reports"] < batch:
             break
-    await conn.execute(_FORGET, await conn.fetchval("SELECT now()") - KEEP_TOTALS)
+    await conn.execute(_FORGET, KEEP_TOTALS)
     return reports, sources
 
 
