@@ -190,11 +190,17 @@ def test_the_sweep_takes_each_report_once_in_batches(db: str) -> None:
             return [await sweeps.sweep(conn, since, batch=5) for _ in range(2)]
 
     first, again = with_store(db, go)
-    # 13 reports in three batches (in the order stored); 4 pairs, the baseline's twice: the
-    # second batch holds reports of its older than the first's
-    assert first == (13, 5) and again == (0, 0)
+    # 12 reports in three batches (in the order stored); 3 pairs, the baseline's twice: the
+    # second batch holds older reports of its than the first. The report received 20 days
+    # ago is past the windows: never taken.
+    assert first == (12, 4) and again == (0, 0)
     (totals,) = fetch(db, "SELECT count(*) AS n, min(received_at) AS oldest FROM report_totals")
-    assert totals["n"] == 12  # the report of 20 days ago taken, then forgotten
+    assert totals["n"] == 12
     assert totals["oldest"] > datetime.now(UTC) - sweeps.KEEP_TOTALS
-    (pair,) = fetch(db, "SELECT noticed_at FROM domain_sources WHERE source = '192.0.2.60'")
-    assert pair["noticed_at"] == old
+    assert fetch(db, "SELECT 1 FROM domain_sources WHERE source = '192.0.2.60'") == []
+    # Ten days later, the totals past the windows are forgotten, and not taken again.
+    for table in ("report_totals", "raw_messages"):
+        fetch(db, f"UPDATE {table} SET received_at = received_at - interval '10 days'")  # noqa: S608
+    assert with_store(db, go) == [(0, 0), (0, 0)]
+    (totals,) = fetch(db, "SELECT count(*) AS n FROM report_totals")
+    assert totals["n"] == 6  # today's, the backfill, and those received 2 to 5 days before

@@ -149,7 +149,7 @@ def cmd_changes(args: argparse.Namespace, out: TextIO) -> int:
             now = await conn.fetchval("SELECT now()")
             since = now - timedelta(days=args.days)
             # The tables brought up to date first, as serve's sweep keeps them.
-            await changes.sweep(conn, min(since, now - changes.KEEP_TOTALS))
+            await changes.sweep(conn, now - changes.KEEP_TOTALS)
             return change_rows(
                 await changes.new_sources(conn, since),
                 await changes.new_services(conn, since),

@@ -46,7 +46,7 @@ WITH fresh AS (
         FROM aggregate_records r
         WHERE r.report = a.id AND r.begin_at = a.begin_at
     ) t ON true
-    WHERE m.received_at >= $1
+    WHERE m.received_at >= greatest($1::timestamptz, now() - $3::interval)
       AND a.authz_verdict IS DISTINCT FROM 'not_authorized'
       AND NOT EXISTS (SELECT 1 FROM report_totals x WHERE x.report = a.id)
     ORDER BY a.id
@@ -159,12 +159,14 @@ def _round(value: float | None) -> float | None:
 
 
 async def sweep(conn: Conn, since: datetime, *, batch: int = BATCH) -> tuple[int, int]:
-    """Take the reports of the messages received since ``since`` not taken yet, ``batch``
-    at a time (a transaction each), and forget totals past ``KEEP_TOTALS``; returns how
-    many reports were taken and how many sources were new or older than known."""
+    """Take the reports of the messages received since ``since`` (at most ``KEEP_TOTALS``
+    ago: older ones are past the windows, and their totals forgotten) not taken yet,
+    ``batch`` at a time (a transaction each), and forget totals past ``KEEP_TOTALS``;
+    returns how many reports were taken and how many sources were new or older than
+    known."""
     reports = sources = 0
     while True:
-        row = await conn.fetchrow(_SWEEP, since, batch)
+        row = await conn.fetchrow(_SWEEP, since, batch, KEEP_TOTALS)
         assert row is not None
         reports += row["reports"]
         sources += row["sources"]
