@@ -35,6 +35,8 @@ def cmd_sources(args: argparse.Namespace, out: TextIO) -> int:
     from rua_sink.core.names import domain as a_label  # noqa: PLC0415
     from rua_sink.storage.classify import sources  # noqa: PLC0415
 
+    if args.days <= 0:
+        raise SystemExit("rua-sink: --days must be positive")
     until = args.until or datetime.now(UTC)
     since = args.since or until - timedelta(days=args.days)
     name = a_label(args.domain) or args.domain
@@ -99,9 +101,7 @@ def change_rows(
                 "noticed_at": s["noticed_at"].isoformat(),
                 "ptr_name": s["ptr_name"],
                 "service": s["service"],
-                "detail": " ".join(
-                    x for x in (s["ptr_name"], s["service"] and f"({s['service']})") if x
-                ),
+                "detail": _named(s["ptr_name"], s["service"]),
             }
         )
     for s in services:
