@@ -15,7 +15,9 @@ commit).
 Sender identification (``ingest.identify``; with RUA_SINK_IP_DATABASES, also the country
 and network of each source address, ``dns.ipdata``) runs beside them as a background task,
 which shutdown cancels first; so does the hourly task that keeps the record partitions of this
-month and the next ready (``storage.partitions``: before listening, then every hour).
+month and the next ready (``storage.partitions``: before listening, then every hour), and
+change detection (``storage.changes``: a sweep of the reports received since the previous
+turn, and the gauges of new sources and pass ratios, every RUA_SINK_CHANGES_INTERVAL).
 
 SIGTERM or SIGINT: stop accepting, let sessions in flight finish within the grace period,
 then close. A message is either committed and answered 250, or not acknowledged at all.
@@ -29,7 +31,7 @@ import socket
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import asyncpg
@@ -55,7 +57,7 @@ from rua_sink.smtp.handler import ReportHandler
 from rua_sink.smtp.policy import AddressPolicy, Sessions
 from rua_sink.smtp.session import ReportSMTP
 from rua_sink.smtp.tls import Certificate
-from rua_sink.storage import migrate
+from rua_sink.storage import changes, migrate
 from rua_sink.storage.database import ensure_database
 from rua_sink.storage.store import Store
 
@@ -267,6 +269,8 @@ class App:
     #: The STARTTLS certificate, if configured, and the task that reloads it.
     certificate: Certificate | None = None
     tls_watching: asyncio.Task[None] | None = None
+    #: Change detection: new sources and services, pass ratios (``storage.changes``).
+    watching_changes: asyncio.Task[None] | None = None
 
     @classmethod
     async def create(cls, settings: Settings, database_url: str) -> App:
@@ -374,6 +378,10 @@ class App:
             self.identifying = asyncio.create_task(self.identifier.run(), name="identify")
             self.identifying.add_done_callback(_identification_ended)
         self.partitioning = asyncio.create_task(keep_months_ahead(self.store), name="partitions")
+        self.watching_changes = asyncio.create_task(
+            keep_detecting_changes(self.pool, self.handler.metrics, self.settings.changes_interval),
+            name="changes",
+        )
         log.info("listening", smtp=f"{host}:{port}", http=f"{http_host}:{http_port}")
 
     async def ready(self) -> bool:
@@ -426,7 +434,8 @@ class App:
             writer.close()
 
     async def shutdown(self) -> None:
-        for task in (self.identifying, self.partitioning, self.tls_watching):  # gives way
+        tasks = (self.identifying, self.partitioning, self.tls_watching, self.watching_changes)
+        for task in tasks:  # gives way
             if task is not None:
                 task.cancel()
                 await asyncio.gather(task, return_exceptions=True)
@@ -480,6 +489,34 @@ async def keep_months_ahead(store: Store) -> None:
     while True:
         await asyncio.sleep(PARTITIONS_EVERY)
         await prepare_months(store, wait=PARTITIONS_WAIT)
+
+
+#: How far back a sweep of change detection looks again: a report's message may commit
+#: well after its received_at (a large report); taking a report twice is harmless.
+CHANGES_OVERLAP = timedelta(hours=1)
+
+
+async def detect_changes(pool: asyncpg.Pool, metrics: Metrics, since: datetime) -> datetime:
+    """One turn of change detection: the reports received since ``since`` swept, the
+    gauges set; returns the next turn's ``since`` (the same after a failure, logged)."""
+    now = datetime.now(UTC)
+    try:
+        async with pool.acquire() as conn:
+            snapshot = await changes.detect(conn, since, now)
+    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        log.warning("changes_not_detected", error=str(exc))
+        return since
+    metrics.changes(snapshot.new_sources, snapshot.new_services, snapshot.windows())
+    return now - CHANGES_OVERLAP
+
+
+async def keep_detecting_changes(pool: asyncpg.Pool, metrics: Metrics, interval: float) -> None:
+    """Change detection at start, then every ``interval`` seconds; the first turn looks
+    at the reports received in the windows of the pass ratios."""
+    since = datetime.now(UTC) - changes.KEEP_TOTALS
+    while True:
+        since = await detect_changes(pool, metrics, since)
+        await asyncio.sleep(interval)
 
 
 async def serve(settings: Settings, database_url: str) -> None:

@@ -261,6 +261,12 @@ SETTINGS: dict[str, Setting] = {
         "seconds between sweeps for source addresses not looked up yet or due again",
         float,
     ),
+    "changes_interval": Setting(
+        "RUA_SINK_CHANGES_INTERVAL",
+        "60",
+        "seconds between sweeps of change detection: new sources and services, pass ratios",
+        float,
+    ),
 }
 
 
@@ -299,6 +305,7 @@ class Settings:
     parse_workers: int
     event_loop: str
     identify_interval: float
+    changes_interval: float
     limits: Limits
 
     @classmethod
@@ -322,6 +329,7 @@ _POSITIVE = (
     "idle_timeout",
     "data_timeout",
     "identify_interval",
+    "changes_interval",
     "tls_reload_interval",
 )
 

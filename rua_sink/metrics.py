@@ -8,7 +8,7 @@ follow Prometheus conventions: ``rua_sink_`` prefix, ``_total`` counters, base u
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -159,6 +159,26 @@ class Metrics:
             "notAfter of the certificate STARTTLS serves (0: none configured)",
             registry=r,
         )
+        # Change detection (storage.changes), read from the database by serve's sweep.
+        self.new_sources = Gauge(
+            "rua_sink_new_sources",
+            "Source addresses seen for the first time for a policy domain in the last 24 hours",
+            ["policy_domain"],
+            registry=r,
+        )
+        self.new_services = Gauge(
+            "rua_sink_new_services",
+            "Sender services seen for the first time for a policy domain in the last 24 hours",
+            ["policy_domain"],
+            registry=r,
+        )
+        self.pass_ratio = Gauge(
+            "rua_sink_dmarc_pass_ratio",
+            "Share of the messages reported for a policy domain that passed DMARC, in the "
+            "reports received in the last day (1d) and in the 14 days before it (14d)",
+            ["policy_domain", "window"],
+            registry=r,
+        )
         self.tls_reload_failures = Counter(
             "rua_sink_tls_reload_failures_total",
             "Changes of the certificate or key file that did not load (the last good pair "
@@ -179,6 +199,38 @@ class Metrics:
             "still used)",
             registry=r,
         )
+
+    def changes(
+        self,
+        new_sources: Mapping[str, int],
+        new_services: Mapping[str, int],
+        ratios: Iterable[tuple[str, str, int, int]],
+    ) -> None:
+        """Replace the change-detection gauges with what the database says now:
+        domain -> new sources, domain -> new services (both 0 for a domain that had
+        reports but nothing new), and (domain, window, messages, passing) of the pass
+        ratios. Domains past the label cap add up under "other"."""
+        counts: dict[str, list[int]] = {}
+        for domain, n in new_sources.items():
+            counts.setdefault(self.domain_label(domain), [0, 0])[0] += n
+        for domain, n in new_services.items():
+            counts.setdefault(self.domain_label(domain), [0, 0])[1] += n
+        totals: dict[tuple[str, str], list[int]] = {}
+        for domain, window, messages, passing in ratios:
+            label = self.domain_label(domain)
+            counts.setdefault(label, [0, 0])
+            pair = totals.setdefault((label, window), [0, 0])
+            pair[0] += messages
+            pair[1] += passing
+        # No await between clear and set: a scrape never sees the gauges half written.
+        for gauge in (self.new_sources, self.new_services, self.pass_ratio):
+            gauge.clear()
+        for label, (sources, services) in counts.items():
+            self.new_sources.labels(label).set(sources)
+            self.new_services.labels(label).set(services)
+        for (label, window), (messages, passing) in totals.items():
+            if messages:
+                self.pass_ratio.labels(label, window).set(passing / messages)
 
     def dmarc(
         self,

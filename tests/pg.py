@@ -33,6 +33,8 @@ TABLES = (
     "raw_messages",
     "source_hosts",
     "prune_runs",
+    "domain_sources",
+    "report_totals",
 )
 
 

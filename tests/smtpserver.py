@@ -149,9 +149,14 @@ def server(database_url: str) -> Iterator[Server]:
     zone.txt["_smtp._tls.example.com"] = ["v=TLSRPTv1; rua=mailto:dmarc@rua.example.net"]
     zone.servfail.add("broken.example._report._dmarc.rua.example.net")
     # A small spool memory: messages over 64 KiB go through the spool's file. A line
-    # limit under the message limit, so that a line over it can be sent.
+    # limit under the message limit, so that a line over it can be sent. Change detection
+    # every second, so that its gauges follow the reports sent.
     with running(
-        database_url, zone, RUA_SINK_SPOOL_MEMORY_BYTES="64KiB", RUA_SINK_MAX_LINE_BYTES="256KiB"
+        database_url,
+        zone,
+        RUA_SINK_SPOOL_MEMORY_BYTES="64KiB",
+        RUA_SINK_MAX_LINE_BYTES="256KiB",
+        RUA_SINK_CHANGES_INTERVAL="1",
     ) as srv:
         yield srv
 

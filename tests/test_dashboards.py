@@ -12,7 +12,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from rua_sink.ingest.ingester import Ingester
 from rua_sink.storage.store import Store
 
 from .conftest import ROOT, readme_table
+from .procs import cli
 from .reports import gz, message, report_message, report_xml, tls_message
 from .smtpserver import Server, scrape, send
 from .storage import DOMAIN, ingest_bytes, parsed_records, store_corpus, with_store
@@ -32,6 +33,8 @@ GRAFANA = ROOT / "deploy" / "grafana"
 DASHBOARDS = GRAFANA / "dashboards"
 PROMETHEUS_DASHBOARDS = ("rua-sink-service.json", "rua-sink-dmarc.json")
 POSTGRES_DASHBOARD = "rua-sink-reports.json"
+SOURCES_DASHBOARD = "rua-sink-sources.json"
+POSTGRES_DASHBOARDS = (POSTGRES_DASHBOARD, SOURCES_DASHBOARD)
 PROMETHEUS = "prometheus"
 POSTGRES = "grafana-postgresql-datasource"
 
@@ -69,7 +72,7 @@ def query_text(var: dict[str, Any]) -> str:
 
 def test_the_dashboards_are_well_formed() -> None:
     names = sorted(p.name for p in DASHBOARDS.glob("*.json"))
-    assert names == sorted((*PROMETHEUS_DASHBOARDS, POSTGRES_DASHBOARD))
+    assert names == sorted((*PROMETHEUS_DASHBOARDS, *POSTGRES_DASHBOARDS))
     uids = []
     for name in names:
         dashboard = load(name)
@@ -81,7 +84,7 @@ def test_the_dashboards_are_well_formed() -> None:
 
         ds_var = datasource_variable(dashboard)
         plugin = ds_var["query"]
-        assert plugin == (POSTGRES if name == POSTGRES_DASHBOARD else PROMETHEUS)
+        assert plugin == (POSTGRES if name in POSTGRES_DASHBOARDS else PROMETHEUS)
         ref = {"type": plugin, "uid": "${" + ds_var["name"] + "}"}
 
         panels = dashboard["panels"]
@@ -139,7 +142,7 @@ def provisioned_datasources() -> dict[str, str]:
 def test_provisioning_matches_the_dashboards() -> None:
     provisioned = provisioned_datasources()
     assert set(provisioned.values()) == {PROMETHEUS, POSTGRES}
-    for name in (*PROMETHEUS_DASHBOARDS, POSTGRES_DASHBOARD):
+    for name in (*PROMETHEUS_DASHBOARDS, *POSTGRES_DASHBOARDS):
         var = datasource_variable(load(name))
         assert provisioned.get(var["current"]["value"]) == var["query"], name
     pg = (GRAFANA / "provisioning" / "datasources" / "rua-sink.yaml").read_text()
@@ -288,6 +291,8 @@ MACROS = (
     (r"\$__timeFilter\(([\w.]+)\)", r"\1 BETWEEN '2000-01-01' AND '2100-01-01'"),
     (r"\$__timeGroupAlias\(([\w.]+),\s*'?1d'?\)", r"date_trunc('day', \1) AS " '"time"'),
     (r"\$__timeGroup\(([\w.]+),\s*'?1d'?\)", r"date_trunc('day', \1)"),
+    (r"\$__timeFrom\(\)", "'2000-01-01T00:00:00Z'"),
+    (r"\$__timeTo\(\)", "'2100-01-01T00:00:00Z'"),
     (r"'?\$(?:\{domain\}|domain\b)'?", f"'{DOMAIN}'"),
 )
 
@@ -442,3 +447,76 @@ def test_sql_panels_run_and_agree_with_the_parser(db: str) -> None:
         "truncated_archive",
         "smtp",
     )
+
+
+def test_sources_panels_agree_with_the_sources_command(db: str) -> None:
+    from .test_classify import AMAZON, IETF, host, record, report
+    from .test_senders import store_reports
+
+    dashboard = load(SOURCES_DASHBOARD)
+    panels = {panel["title"]: target for panel, target in targets(dashboard)}
+    assert len(panels) == len(dashboard["panels"])  # one query a panel, titles unique
+    domain_query = query_text(variables(dashboard)["domain"])
+    assert domain_query == "SELECT DISTINCT policy_domain FROM aggregate_reports ORDER BY 1"
+
+    store_corpus(db)
+    # What identification and the IP databases would have left for two sources.
+    host(db, AMAZON, ptr_name="smtp-fw.amazon.com", ptr_confirmed=True, service="Amazon")
+    host(db, AMAZON, asn=16509, as_org="Amazon.com, Inc.", country="US")
+    host(db, IETF, ptr_name="mail.ietf.org", ptr_confirmed=True, asn=11581, as_org="IETF")
+    # A source new to the domain: yesterday's report, taken by change detection's sweep.
+    yesterday = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    yesterday -= timedelta(days=1)
+    store_reports(db, report("new-1", record("192.0.2.99", 3), begin=yesterday, domain=DOMAIN))
+    env = {"RUA_SINK_DATABASE_URL": db}
+    assert cli("changes", env=env).returncode == 0  # sweeps
+
+    domains, rows = panel_rows(db, domain_query, panels)
+    assert DOMAIN in domains
+    check_time_series(panels, rows)
+    done = cli(
+        "sources", DOMAIN, "--since", "2000-01-01", "--until", "2100-01-01", "--json", env=env
+    )
+    assert done.returncode == 0, done.stderr
+    expected = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {"authorized", "forwarded", "misconfigured", "suspicious"} == {
+        s["classification"] for s in expected
+    }
+
+    def of(cls: str) -> list[dict[str, Any]]:
+        return [s for s in expected if s["classification"] == cls]
+
+    assert {
+        (r["classification"], r["sources"], r["messages"], r["failing"])
+        for r in rows["Sources by class"]
+    } == {
+        (c, len(of(c)), sum(s["messages"] for s in of(c)), sum(s["failing"] for s in of(c)))
+        for c in {s["classification"] for s in expected}
+    }
+    assert {(r["classification"], r["messages"]) for r in rows["Messages by class"]} == {
+        (c, sum(s["messages"] for s in of(c))) for c in {s["classification"] for s in expected}
+    }
+    (amazon,) = of("misconfigured")
+    assert [dict(r) for r in rows["Misconfigured services"]] == [
+        {"service": "Amazon", "sources": 1, "messages": 1, "failing": 1}
+    ]
+    assert amazon["source"] == AMAZON
+    top = rows["Top failing sources"]
+    keys = ("ptr_name", "service", "asn", "as_org", "country", "failing", "classification")
+    assert {(r["source_ip"], *(r[k] for k in keys)) for r in top} == {
+        (s["source"], *(s[k] for k in keys)) for s in expected if s["failing"]
+    }
+    assert [r["failing"] for r in top] == sorted((r["failing"] for r in top), reverse=True)
+    assert any(r["as_org"] == "Amazon.com, Inc." and r["asn"] == 16509 for r in top)
+    assert (
+        {r["source_ip"] for r in rows["Suspicious sources"]}
+        == {s["source"] for s in of("suspicious")}
+        == {"192.0.2.99"}
+    )
+    assert {r["source_ip"] for r in rows["Forwarders"]} == {s["source"] for s in of("forwarded")}
+    assert IETF in {r["source_ip"] for r in rows["Forwarders"]}
+    # The corpus's sources are not news (their reports are years old); yesterday's is.
+    (new,) = rows["New sources"]
+    assert (new["source_ip"], new["first_seen"]) == ("192.0.2.99", yesterday)
+    (per_day,) = rows["New sources per day"]
+    assert per_day["new sources"] == 1

@@ -203,17 +203,17 @@ def test_identify_and_report_commands(db: str, dns_zone: tuple[Zone, str], tmp_p
 
     done = cli("report", "example.com", *period, env=env)
     assert done.returncode == 0, done.stderr
-    # The SENDER and NETWORK columns, white space squeezed.
+    # The NETWORK and SENDER columns, white space squeezed.
     lines = {
         line.split()[0]: " ".join(line.split())
         for line in done.stdout.splitlines()[4:]
         if line.strip()
     }
     assert lines["192.0.2.10"].endswith(
-        " mail-a.google.com (Google Workspace / Gmail) FR, AS64500 Example Net"
+        " FR, AS64500 Example Net mail-a.google.com (Google Workspace / Gmail)"
     )
-    assert lines["198.51.100.8"].endswith(" mx.notgoogle.com US")
-    assert lines["203.0.113.5"].endswith(" so-1.mailgun.net (Mailgun) AS64502 Doc Net")
+    assert lines["198.51.100.8"].endswith(" US mx.notgoogle.com")
+    assert lines["203.0.113.5"].endswith(" AS64502 Doc Net so-1.mailgun.net (Mailgun)")
 
 
 def test_commands_refuse_a_bad_file_in_one_line(db: str, tmp_path: Path) -> None:

@@ -382,7 +382,7 @@ def test_dashboards_configmap(rendered: dict[str, str]) -> None:
     configmap = _one(_objects(rendered), "ConfigMap")
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
     sources = {p.name: p.read_text() for p in sorted(DASHBOARDS.glob("*.json"))}
-    assert len(sources) == 3
+    assert len(sources) == 4
     assert configmap["data"] == sources
 
 

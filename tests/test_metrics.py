@@ -52,3 +52,35 @@ def test_last_report_keeps_the_latest() -> None:
     m.dmarc({}, {("example.com", "google.com"): 100}, {})  # a late, older report
     (value,) = samples(m, "rua_sink_last_report_timestamp_seconds").values()
     assert value == 200
+
+
+def test_change_gauges_are_capped_and_replaced() -> None:
+    m = Metrics(max_domains=2)
+    m.dmarc({("a.example", "r", "none", "pass", "pass"): 1}, {}, {})  # a.example admitted first
+    m.changes(
+        {"a.example": 1, "b.example": 2, "c.example": 3},
+        {"c.example": 1},
+        [
+            ("a.example", "1d", 10, 5),
+            ("b.example", "1d", 10, 10),
+            ("c.example", "1d", 30, 0),
+            ("c.example", "14d", 0, 0),
+        ],
+    )
+    new = {dict(k)["policy_domain"]: v for k, v in samples(m, "rua_sink_new_sources").items()}
+    assert new == {"a.example": 1, "b.example": 2, "other": 3}
+    services = samples(m, "rua_sink_new_services")
+    assert {dict(k)["policy_domain"]: v for k, v in services.items()} == {
+        "a.example": 0,
+        "b.example": 0,
+        "other": 1,
+    }
+    ratios = {
+        (dict(k)["policy_domain"], dict(k)["window"]): v
+        for k, v in samples(m, "rua_sink_dmarc_pass_ratio").items()
+    }
+    assert ratios == {("a.example", "1d"): 0.5, ("b.example", "1d"): 1.0, ("other", "1d"): 0.0}
+    # The next refresh replaces the gauges: a domain with nothing to say is gone.
+    m.changes({"b.example": 0}, {}, [])
+    assert samples(m, "rua_sink_new_sources") == {(("policy_domain", "b.example"),): 0}
+    assert samples(m, "rua_sink_dmarc_pass_ratio") == {}

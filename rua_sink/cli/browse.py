@@ -185,15 +185,17 @@ _SOURCE_COLUMNS = (
     Column("source", "SOURCE"),
     Column("messages", "MESSAGES", right=True),
     Column("passing", "PASSING", right=True),
-    Column("sender", "SENDER"),
+    Column("classification", "CLASS"),
     Column("network", "NETWORK"),
+    Column("sender", "SENDER"),
 )
 _FAILING_COLUMNS = (
     Column("source", "FAILING SOURCE"),
     Column("failing", "FAILING", right=True),
     Column("reporters", "REPORTERS"),
-    Column("sender", "SENDER"),
+    Column("classification", "CLASS"),
     Column("network", "NETWORK"),
+    Column("sender", "SENDER"),
 )
 
 

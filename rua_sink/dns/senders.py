@@ -44,11 +44,19 @@ class ServiceMap:
 
     The mapping shipped in ``rua_sink/dns/services.toml``, with a user's file (same format)
     laid over it: its entries add to and replace the shipped ones, and an empty service
-    removes a suffix's label.
+    removes a suffix's label. A suffix of the ``[forwarders]`` table names a service that
+    passes on mail others wrote (a mailing list host, a forwarding service): its sources
+    are classed ``forwarded`` (docs/classification.md); one of ``[suffixes]``, a service
+    that sends its customers' own mail.
     """
 
-    def __init__(self, suffixes: Mapping[str, str]) -> None:
-        self._suffixes = dict(suffixes)
+    def __init__(
+        self, suffixes: Mapping[str, str], forwarders: Mapping[str, str] | None = None
+    ) -> None:
+        self._suffixes = {suffix: (service, False) for suffix, service in suffixes.items()}
+        self._suffixes.update(
+            (suffix, (service, True)) for suffix, service in (forwarders or {}).items()
+        )
 
     @classmethod
     def load(cls, user_file: str | Path | None = None) -> ServiceMap:
@@ -60,38 +68,59 @@ class ServiceMap:
             except (OSError, UnicodeDecodeError) as exc:
                 raise ServicesFileError(f"{user_file}: {exc}") from exc
             entries.update(_entries(text, str(user_file)))
-        return cls(entries)
+        return cls(
+            {suffix: service for suffix, (service, fwd) in entries.items() if not fwd},
+            {suffix: service for suffix, (service, fwd) in entries.items() if fwd},
+        )
 
     def __len__(self) -> int:
-        return sum(1 for service in self._suffixes.values() if service)
+        return sum(1 for service, _ in self._suffixes.values() if service)
+
+    def _entry(self, name: str) -> tuple[str, bool] | None:
+        labels = name.rstrip(".").lower().split(".")
+        for i in range(len(labels)):
+            entry = self._suffixes.get(".".join(labels[i:]))
+            if entry is not None:
+                return entry
+        return None
 
     def lookup(self, name: str) -> str | None:
         """The service of ``name``: of its longest suffix in the mapping, if any."""
-        labels = name.rstrip(".").lower().split(".")
-        for i in range(len(labels)):
-            service = self._suffixes.get(".".join(labels[i:]))
-            if service is not None:
-                return service or None  # "": a user removed the label
-        return None
+        entry = self._entry(name)
+        return (entry[0] or None) if entry is not None else None  # "": a user removed it
+
+    def forwarder(self, name: str) -> bool:
+        """Whether the service of ``name`` is a forwarder (its longest suffix is one of
+        ``[forwarders]``, with a service)."""
+        entry = self._entry(name)
+        return entry is not None and bool(entry[0]) and entry[1]
 
 
-def _entries(text: str, where: str) -> dict[str, str]:
+#: The tables of a services file, and whether their services are forwarders.
+_TABLES = {"suffixes": False, "forwarders": True}
+
+
+def _entries(text: str, where: str) -> dict[str, tuple[str, bool]]:
+    """suffix -> (service, forwarder) of one file; a suffix in both tables is an error."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ServicesFileError(f"{where}: {exc}") from exc
-    unknown = set(data) - {"suffixes"}
+    unknown = set(data) - set(_TABLES)
     if unknown:
         raise ServicesFileError(f"{where}: unknown tables or keys: {sorted(unknown)}")
-    table = data.get("suffixes", {})
-    if not isinstance(table, dict):
-        raise ServicesFileError(f"{where}: suffixes must be a table")
-    entries = {}
-    for raw, service in table.items():
-        suffix = a_label(raw.strip().removeprefix("*.").lstrip(".")) or ""
-        if not suffix or "" in suffix.split(".") or not isinstance(service, str):
-            raise ServicesFileError(f"{where}: not a domain suffix and a service: {raw!r}")
-        entries[suffix] = service.strip()
+    entries: dict[str, tuple[str, bool]] = {}
+    for name, forwarder in _TABLES.items():
+        table = data.get(name, {})
+        if not isinstance(table, dict):
+            raise ServicesFileError(f"{where}: {name} must be a table")
+        for raw, service in table.items():
+            suffix = a_label(raw.strip().removeprefix("*.").lstrip(".")) or ""
+            if not suffix or "" in suffix.split(".") or not isinstance(service, str):
+                raise ServicesFileError(f"{where}: not a domain suffix and a service: {raw!r}")
+            if suffix in entries:
+                raise ServicesFileError(f"{where}: {raw!r} is both a service and a forwarder")
+            entries[suffix] = (service.strip(), forwarder)
     return entries
 
 
@@ -103,6 +132,8 @@ class Identity:
     confirmed: bool | None = None
     org_domain: str | None = None
     service: str | None = None
+    #: the service is a forwarder (``ServiceMap.forwarder``)
+    forwarder: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +223,7 @@ class SenderLookup:
             confirmed=confirmed,
             org_domain=organizational_domain(name),
             service=self.label(name) if confirmed else None,
+            forwarder=confirmed and self.services.forwarder(name),
         )
 
 

@@ -225,7 +225,8 @@ class SenderIdentifier:
         """Apply the current mapping to the forward-confirmed names already stored (the
         mapping file may have changed); returns how many rows changed."""
         names = await self.hosts.confirmed_names()
-        return await self.hosts.relabel(names, [self.label(name) for name in names])
+        forwarders = [self.services.forwarder(name) for name in names]
+        return await self.hosts.relabel(names, [self.label(name) for name in names], forwarders)
 
     async def _identify(self, ips: Sequence[str]) -> Tally:
         """Look up claimed addresses and store what was found, ``batch_size`` at a time
@@ -250,7 +251,16 @@ class SenderIdentifier:
                 tally.named += 1
                 tally.confirmed += bool(result.confirmed)
                 tally.labelled += result.service is not None
-            found.append((ip, result.ptr_name, result.confirmed, result.org_domain, result.service))
+            found.append(
+                (
+                    ip,
+                    result.ptr_name,
+                    result.confirmed,
+                    result.org_domain,
+                    result.service,
+                    result.forwarder,
+                )
+            )
         if found:
             await self.hosts.found(found)
         if failed:

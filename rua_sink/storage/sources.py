@@ -32,8 +32,8 @@ DATABASE_ERRORS = (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.Interfa
 Enriched: TypeAlias = tuple[str, str | None, int | None, str | None]
 
 #: A complete lookup of one address: ip, PTR name, forward-confirmed, organizational
-#: domain, service (all but ip None when the address has no name).
-Found: TypeAlias = tuple[str, str | None, bool | None, str | None, str | None]
+#: domain, service (all but ip None when the address has no name), forwarder.
+Found: TypeAlias = tuple[str, str | None, bool | None, str | None, str | None, bool]
 
 # Rows are inserted in address order, so that two replicas inserting overlapping sets at
 # once wait for each other instead of deadlocking.
@@ -76,7 +76,7 @@ RETURNING host(ip)
 """
 _FOUND = """
 UPDATE source_hosts
-SET ptr_name = $2, ptr_confirmed = $3, org_domain = $4, service = $5,
+SET ptr_name = $2, ptr_confirmed = $3, org_domain = $4, service = $5, forwarder = $6,
     looked_up_at = now(), claimed_at = NULL, lookup_error = NULL
 WHERE ip = $1::inet
 """
@@ -84,9 +84,10 @@ WHERE ip = $1::inet
 _FAILED = "UPDATE source_hosts SET lookup_error = $2, claimed_at = now() WHERE ip = $1::inet"
 _CONFIRMED_NAMES = "SELECT DISTINCT ptr_name FROM source_hosts WHERE ptr_confirmed"
 _RELABEL = """
-UPDATE source_hosts h SET service = m.service
-FROM unnest($1::text[], $2::text[]) AS m (name, service)
-WHERE h.ptr_confirmed AND h.ptr_name = m.name AND h.service IS DISTINCT FROM m.service
+UPDATE source_hosts h SET service = m.service, forwarder = m.forwarder
+FROM unnest($1::text[], $2::text[], $3::boolean[]) AS m (name, service, forwarder)
+WHERE h.ptr_confirmed AND h.ptr_name = m.name
+  AND (h.service IS DISTINCT FROM m.service OR h.forwarder <> m.forwarder)
 """
 
 
@@ -154,10 +155,15 @@ class SourceHosts:
         """Every forward-confirmed name stored."""
         return [r[0] for r in await self.pool.fetch(_CONFIRMED_NAMES)]
 
-    async def relabel(self, names: Sequence[str], services: Sequence[str | None]) -> int:
-        """Give the forward-confirmed rows of ``names[i]`` the service ``services[i]``;
-        returns how many rows changed."""
-        status = await self.pool.execute(_RELABEL, list(names), list(services))
+    async def relabel(
+        self,
+        names: Sequence[str],
+        services: Sequence[str | None],
+        forwarders: Sequence[bool],
+    ) -> int:
+        """Give the forward-confirmed rows of ``names[i]`` the service ``services[i]``
+        (a forwarder's if ``forwarders[i]``); returns how many rows changed."""
+        status = await self.pool.execute(_RELABEL, list(names), list(services), list(forwarders))
         return int(status.split()[-1])
 
     async def enrich(self, rows: Sequence[Enriched]) -> int:

@@ -16,7 +16,8 @@ FROM aggregate_records
 WHERE policy_domain = $1 AND begin_at >= $2 AND begin_at < $3
 """
 # The top sources, then what sender identification knows of them: the PTR name and service
-# (``dns.senders``), the country and network (``dns.ipdata``).
+# (``dns.senders``), the country and network (``dns.ipdata``); and their class
+# (``storage.classify``: the database's dmarc_sources).
 _SOURCES = """
 WITH top AS (
     SELECT coalesce(host(source_ip), source_ip_text) AS source, min(source_ip) AS ip,
@@ -27,8 +28,9 @@ WITH top AS (
     GROUP BY 1 ORDER BY messages DESC, source LIMIT $4
 )
 SELECT top.source, top.messages, top.passing, h.ptr_name, h.ptr_confirmed, h.service,
-       h.country, h.asn, h.as_org
+       h.country, h.asn, h.as_org, c.classification
 FROM top LEFT JOIN source_hosts h ON h.ip = top.ip
+LEFT JOIN dmarc_sources($1, $2, $3) c ON c.source = top.source
 ORDER BY top.messages DESC, top.source
 """
 _FAILING = """
@@ -41,8 +43,9 @@ WITH top AS (
     GROUP BY 1 ORDER BY failing DESC, source LIMIT $4
 )
 SELECT top.source, top.failing, top.reporters, h.ptr_name, h.ptr_confirmed, h.service,
-       h.country, h.asn, h.as_org
+       h.country, h.asn, h.as_org, c.classification
 FROM top LEFT JOIN source_hosts h ON h.ip = top.ip
+LEFT JOIN dmarc_sources($1, $2, $3) c ON c.source = top.source
 ORDER BY top.failing DESC, top.source
 """
 # Every report of the domain, whatever the window: what to say when the window is empty.
