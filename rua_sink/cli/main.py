@@ -1,8 +1,9 @@
 """The command line: the parser, ``main``, and the ``parse`` command.
 
 The other commands live one module per group: ``serve`` (serve, send, check-auth),
-``ingest`` (ingest, reprocess), ``browse`` (messages, raw, report) and ``maintenance``
-(migrate, prune, identify, db). Each command that needs settings reads one ``Settings``
+``ingest`` (ingest, reprocess), ``browse`` (messages, raw, report), ``listings``
+(domains, tls-reports, failure-reports), ``export`` and ``maintenance`` (migrate, prune,
+identify, db). Each command that needs settings reads one ``Settings``
 from the environment and has ``rua_sink.app`` build its parts. The commands import
 ``rua_sink.app`` when they run: its servers, resolvers and logging cost a tenth of a second
 at every start, which ``parse`` and ``--help`` need not pay.
@@ -21,7 +22,7 @@ from typing import Any, TextIO
 import asyncpg
 
 from rua_sink import __version__
-from rua_sink.cli import browse, ingest, jsonout, maintenance, serve
+from rua_sink.cli import browse, export, ingest, jsonout, listings, maintenance, serve
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import (
     AggregateEnd,
@@ -191,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     browse.add_messages(sub)
     browse.add_raw(sub)
     browse.add_report(sub)
+    listings.add_domains(sub)
+    listings.add_tls_reports(sub)
+    listings.add_failure_reports(sub)
+    export.add_export(sub)
     maintenance.add_identify(sub)
     maintenance.add_prune(sub)
     maintenance.add_db(sub)
