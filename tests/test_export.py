@@ -20,12 +20,12 @@ from typing import Any
 import asyncpg
 import pytest
 
-from rua_sink.cli.export import csv_cell
+from rua_sink.cli.export import CsvRows
 from rua_sink.core.limits import Limits
 from rua_sink.core.names import domain as a_label
 from rua_sink.ingest.ingester import Ingester
 from rua_sink.storage import migrate
-from rua_sink.storage.export import COLUMNS, ExportType
+from rua_sink.storage.export import COLUMNS, ExportType, ValueKind
 from rua_sink.storage.store import Store
 
 from .conftest import readme_table
@@ -106,15 +106,24 @@ def test_the_documented_columns_are_the_exported_ones(kind: ExportType) -> None:
 
 
 def test_csv_cells() -> None:
-    assert csv_cell(None) == ""
-    assert csv_cell(True) == "True" and csv_cell(False) == "False"
-    assert csv_cell(42) == 42
-    assert csv_cell(["a", None, "b"]) == "a,,b"
-    assert csv_cell(["x, y", "z"], "|") == "x, y|z"
-    for start in ("=", "+", "-", "@", "\t", "\r"):
-        assert csv_cell(start + "1+1") == "'" + start + "1+1"
-    assert csv_cell(["=1", "2"]) == "'=1,2"
-    assert csv_cell("2001:db8::1") == "2001:db8::1"
+    out = io.StringIO(newline="")
+    text, lists, other = ValueKind.TEXT, ValueKind.LIST, ValueKind.OTHER
+    writer = CsvRows(out, ["t", "errors", "l", "n", "b"], [text, lists, lists, other, other])
+    writer.rows(
+        [
+            (None, [], None, None, None),
+            ("2001:db8::1", ["x, y", "z"], ["a", None, "b"], 42, True),
+            *((start + "1+1", ["=1"], ["-1", "2"], -1, False) for start in "=+-@\t\r"),
+        ]
+    )
+    rows = list(csv.reader(io.StringIO(out.getvalue(), newline="")))
+    assert rows[0] == ["t", "errors", "l", "n", "b"]
+    assert rows[1] == ["", "", "", "", ""]
+    # errors are joined with |, other lists with a comma; booleans as parsedmarc writes them
+    assert rows[2] == ["2001:db8::1", "x, y|z", "a,,b", "42", "True"]
+    # a cell a spreadsheet would run is quoted with an apostrophe; numbers are numbers
+    for row, start in zip(rows[3:], "=+-@\t\r", strict=True):
+        assert row == ["'" + start + "1+1", "'=1", "'-1,2", "-1", "False"]
 
 
 # --- aggregate records ---------------------------------------------------------------------

@@ -10,7 +10,7 @@ import asyncio
 import csv
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import suppress
 from pathlib import Path
 from typing import Any, TextIO
@@ -18,57 +18,75 @@ from typing import Any, TextIO
 from rua_sink.cli.output import Progress, json_line
 from rua_sink.cli.window import add_domain, add_window, domain_of, window
 from rua_sink.storage.database import resolve_url
-from rua_sink.storage.export import COLUMNS, LIST_SEPARATORS, ExportType, Window, stream
+from rua_sink.storage.export import (
+    COLUMNS,
+    LIST_SEPARATORS,
+    ExportType,
+    ValueKind,
+    Window,
+    describe,
+    stream,
+)
 
 # A cell that starts with one of these is read as a formula by spreadsheet programs; report
 # text comes from strangers (CWE-1236), so such a cell gets a leading apostrophe, which
 # makes the program show it as text (OWASP, "CSV Injection").
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+_FORMULA_STARTS = frozenset("=+-@\t\r")
 
 
-def csv_cell(value: Any, separator: str = ",") -> str | int:
-    """A value as one CSV cell: nothing is empty, booleans are ``True``/``False`` (as
-    parsedmarc writes them), lists are joined with ``separator``."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "True" if value else "False"
-    if isinstance(value, int):
-        return value
-    if isinstance(value, list):
-        value = separator.join("" if v is None else str(v) for v in value)
-    text = str(value)
-    return "'" + text if text.startswith(_FORMULA_STARTS) else text
+class CsvRows:
+    """Rows as CSV: nothing is an empty field, booleans are ``True``/``False`` (as
+    parsedmarc writes them, and as the csv module writes Python's), a list is one field
+    joined with its column's separator, a text that a spreadsheet would run is quoted."""
 
-
-class _Csv:
-    def __init__(self, out: TextIO, columns: Sequence[str]) -> None:
-        self.columns = columns
-        self.separators = [LIST_SEPARATORS.get(c, ",") for c in columns]
+    def __init__(self, out: TextIO, columns: Sequence[str], kinds: Sequence[ValueKind]) -> None:
+        self.lists = [
+            (i, LIST_SEPARATORS.get(c, ","))
+            for i, (c, k) in enumerate(zip(columns, kinds, strict=True))
+            if k is ValueKind.LIST
+        ]
+        self.texts = [i for i, k in enumerate(kinds) if k is not ValueKind.OTHER]
         self.writer = csv.writer(out, lineterminator="\r\n")
         self.writer.writerow(columns)
 
-    def rows(self, rows: list[dict[str, Any]]) -> None:
-        pairs = list(zip(self.columns, self.separators, strict=True))
-        self.writer.writerows([[csv_cell(row[c], sep) for c, sep in pairs] for row in rows])
+    def rows(self, batch: Iterable[Sequence[Any]]) -> None:
+        out = []
+        for values in batch:
+            cells = list(values)
+            for i, sep in self.lists:
+                items = cells[i]
+                if items is None:  # a nullable array: an empty field
+                    continue
+                cells[i] = sep.join(
+                    items if None not in items else ["" if v is None else v for v in items]
+                )
+            for i in self.texts:
+                text = cells[i]
+                if text and text[0] in _FORMULA_STARTS:
+                    cells[i] = "'" + text
+            out.append(cells)
+        self.writer.writerows(out)
 
 
-class _JsonLines:
-    def __init__(self, out: TextIO, columns: Sequence[str]) -> None:
+class JsonRows:
+    """Rows as JSON lines: one object a row, with every column, values as stored."""
+
+    def __init__(self, out: TextIO, columns: Sequence[str], kinds: Sequence[ValueKind]) -> None:
         self.out = out
         self.columns = columns
 
-    def rows(self, rows: list[dict[str, Any]]) -> None:
-        self.out.write("".join(json_line(row) + "\n" for row in rows))
+    def rows(self, batch: Iterable[Sequence[Any]]) -> None:
+        columns = self.columns
+        self.out.write(
+            "".join(json_line(dict(zip(columns, values, strict=True))) + "\n" for values in batch)
+        )
 
 
-_WRITERS: Mapping[str, type[_Csv] | type[_JsonLines]] = {"csv": _Csv, "jsonl": _JsonLines}
+_WRITERS: Mapping[str, type[CsvRows] | type[JsonRows]] = {"csv": CsvRows, "jsonl": JsonRows}
 
 
 def _export(args: argparse.Namespace, out: TextIO, kind: ExportType, where: Window) -> int:
     from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
-
-    writer = _WRITERS[args.format](out, COLUMNS[kind])
 
     async def run() -> int:
         count = 0
@@ -76,6 +94,7 @@ def _export(args: argparse.Namespace, out: TextIO, kind: ExportType, where: Wind
             open_store(database_url=resolve_url(os.environ)) as store,
             store.pool.acquire() as conn,
         ):
+            writer = _WRITERS[args.format](out, COLUMNS[kind], await describe(conn, kind))
             with Progress(f"export {kind}") as progress:
                 async for rows in stream(conn, kind, where, batch=args.batch):
                     writer.rows(rows)

@@ -15,11 +15,13 @@ records never sits in memory, on either side.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
+
+import asyncpg
 
 from rua_sink.core.headers import header_text, parse_fields
 from rua_sink.storage.rows import Conn
@@ -202,25 +204,53 @@ LIST_SEPARATORS: Mapping[str, str] = {
 }
 
 
-def _failure_row(row: dict[str, Any]) -> dict[str, Any]:
-    """The reported message's Subject and Message-ID, from its stored header block."""
-    block = row.pop("original_headers")
+_SUBJECT = COLUMNS[ExportType.FAILURE].index("subject")
+_MESSAGE_ID = COLUMNS[ExportType.FAILURE].index("message_id")
+
+
+def _failure_row(record: asyncpg.Record) -> list[Any]:
+    """A failure report's values, with the reported message's Subject and Message-ID from
+    its stored header block (the query's last column, not exported)."""
+    *row, block = record
     if block:
         fields = parse_fields(block.encode("utf-8", "surrogateescape"))
-        row["subject"] = header_text(fields, "subject")
-        row["message_id"] = header_text(fields, "message-id")
+        row[_SUBJECT] = header_text(fields, "subject")
+        row[_MESSAGE_ID] = header_text(fields, "message-id")
     return row
+
+
+class ValueKind(StrEnum):
+    """What a column holds, as the database describes it."""
+
+    TEXT = "text"
+    LIST = "list"
+    OTHER = "other"  # numbers, booleans
+
+
+async def describe(conn: Conn, kind: ExportType) -> tuple[ValueKind, ...]:
+    """The kind of each of ``COLUMNS[kind]``, from the query's result description."""
+    statement = await conn.prepare(_SQL[kind])
+    out = []
+    for attribute, name in zip(statement.get_attributes(), COLUMNS[kind], strict=False):
+        assert attribute.name == name, (attribute.name, name)
+        if attribute.type.kind == "array":
+            out.append(ValueKind.LIST)
+        elif attribute.type.name in ("text", "varchar", "inet"):
+            out.append(ValueKind.TEXT)
+        else:
+            out.append(ValueKind.OTHER)
+    return tuple(out)
 
 
 async def stream(
     conn: Conn, kind: ExportType, window: Window, *, batch: int = 2000
-) -> AsyncIterator[list[dict[str, Any]]]:
-    """The rows of ``kind`` in ``window``, ``batch`` at a time, in time order, each a dict
-    of ``COLUMNS[kind]`` (lists as lists, numbers as numbers)."""
+) -> AsyncIterator[Sequence[Sequence[Any]]]:
+    """The rows of ``kind`` in ``window``, ``batch`` at a time, in time order, each the
+    values of ``COLUMNS[kind]`` in order (lists as lists, numbers as numbers)."""
     async with conn.transaction(readonly=True):
         cursor = await conn.cursor(_SQL[kind], window.since, window.until, window.domain)
         while records := await cursor.fetch(batch):
-            rows = [dict(r) for r in records]
             if kind is ExportType.FAILURE:
-                rows = [_failure_row(row) for row in rows]
-            yield rows
+                yield [_failure_row(r) for r in records]
+            else:
+                yield records
