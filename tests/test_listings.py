@@ -136,6 +136,7 @@ def test_a_window_backwards_is_one_line(stored: tuple[str, Parsed]) -> None:
         (("domains", "--since", "2023-01-01", "--until", "2022-01-01"), "must come before"),
         (("tls-reports", "--days", "0"), "not a positive whole number"),
         (("failure-reports", "--since", "yesterday"), "not a date"),
+        (("failure-reports", "--limit", "-1"), "not a whole number"),
         (("export", "--format", "csv", "--since", "2024-01-01", "--until", "2020-01-01"), "must"),
         (("export", "--format", "csv", "--domain", "."), "not a domain name"),
     ):

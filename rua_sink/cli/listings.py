@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TextIO, TypeVar
 
 from rua_sink.cli.output import Column, emit
-from rua_sink.cli.window import add_domain, add_window, domain_of, window
+from rua_sink.cli.window import add_domain, add_window, count, domain_of, window
 from rua_sink.storage.database import resolve_url
 from rua_sink.storage.rows import Conn
 
@@ -151,7 +151,7 @@ def cmd_failure_reports(args: argparse.Namespace, out: TextIO) -> int:
 def _limit(p: Any, default: int) -> None:
     p.add_argument(
         "--limit",
-        type=int,
+        type=count,
         default=default,
         metavar="N",
         help=f"at most N rows, newest first (default {default}; 0: no limit)",

@@ -32,6 +32,17 @@ def positive(text: str) -> int:
     return value
 
 
+def count(text: str) -> int:
+    """A whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a whole number, 0 or more: {text!r}")
+    return value
+
+
 def add_window(p: Any, *, default_days: int | None) -> None:
     """``--days``, ``--since``, ``--until`` (and ``--all`` where the default is a number of
     days)."""
