@@ -2,7 +2,8 @@
 
 The other commands live one module per group: ``serve`` (serve, send, check-auth),
 ``ingest`` (ingest, reprocess), ``browse`` (messages, raw, report), ``sources`` (sources,
-changes) and ``maintenance`` (migrate, prune, identify, db). Each command that needs
+changes), ``listings`` (domains, tls-reports, failure-reports), ``export``, ``settings``
+(config) and ``maintenance`` (migrate, prune, identify, db). Each command that needs
 settings reads one ``Settings`` from the environment and has ``rua_sink.app`` build its
 parts. The commands import ``rua_sink.app`` when they run: its servers, resolvers and
 logging cost a tenth of a second at every start, which ``parse`` and ``--help`` need not
@@ -22,7 +23,17 @@ from typing import Any, TextIO
 import asyncpg
 
 from rua_sink import __version__
-from rua_sink.cli import browse, ingest, jsonout, maintenance, serve, settings, sources
+from rua_sink.cli import (
+    browse,
+    export,
+    ingest,
+    jsonout,
+    listings,
+    maintenance,
+    serve,
+    settings,
+    sources,
+)
 from rua_sink.core.limits import Limits
 from rua_sink.core.model import (
     AggregateEnd,
@@ -197,8 +208,12 @@ def build_parser() -> argparse.ArgumentParser:
     browse.add_messages(sub)
     browse.add_raw(sub)
     browse.add_report(sub)
+    listings.add_domains(sub)
     sources.add_sources(sub)
     sources.add_changes(sub)
+    listings.add_tls_reports(sub)
+    listings.add_failure_reports(sub)
+    export.add_export(sub)
     maintenance.add_identify(sub)
     maintenance.add_prune(sub)
     maintenance.add_db(sub)
