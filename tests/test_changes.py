@@ -112,7 +112,8 @@ def test_nothing_new_and_bad_arguments(db: str) -> None:
     assert (done.returncode, done.stdout) == (0, "no changes\n")
     for args in (("--days", "0"), ("--threshold", "2")):
         bad = cli("changes", *args, env={"RUA_SINK_DATABASE_URL": db})
-        assert bad.returncode != 0 and bad.stderr.startswith("rua-sink: "), bad.stderr
+        assert bad.returncode == 2, bad.stderr
+        assert bad.stderr.strip().splitlines()[-1].startswith("rua-sink"), bad.stderr
         assert "Traceback" not in bad.stderr
 
 

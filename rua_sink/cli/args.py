@@ -21,6 +21,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def count(text: str) -> int:
+    """A whole number, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"not a whole number, 0 or more: {text!r}")
+    return value
+
+
 def day(text: str) -> datetime:
     """``YYYY-MM-DD`` (or a full ISO 8601 time) as a UTC time; the day's start."""
     try:

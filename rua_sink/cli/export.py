@@ -15,8 +15,9 @@ from contextlib import suppress
 from pathlib import Path
 from typing import Any, TextIO
 
+from rua_sink.cli.args import positive_int
 from rua_sink.cli.output import Progress, json_line
-from rua_sink.cli.window import add_domain, add_window, domain_of, positive, window
+from rua_sink.cli.window import add_domain, add_window, domain_of, window
 from rua_sink.storage.database import resolve_url
 from rua_sink.storage.export import (
     COLUMNS,
@@ -150,5 +151,5 @@ def add_export(sub: Any) -> None:
     add_domain(p, "reports about this domain")
     add_window(p, default_days=None)
     p.add_argument("--output", metavar="FILE", help="write to FILE (default: standard output)")
-    p.add_argument("--batch", type=positive, default=2000, help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=positive_int, default=2000, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_export)

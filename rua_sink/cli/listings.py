@@ -10,8 +10,9 @@ import os
 from collections.abc import Awaitable, Callable
 from typing import Any, TextIO, TypeVar
 
+from rua_sink.cli.args import count
 from rua_sink.cli.output import Column, emit
-from rua_sink.cli.window import add_domain, add_window, count, domain_of, window
+from rua_sink.cli.window import add_domain, add_window, domain_of, window
 from rua_sink.storage.database import resolve_url
 from rua_sink.storage.rows import Conn
 

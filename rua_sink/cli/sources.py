@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
 from rua_sink.cli.args import day as day_argument
+from rua_sink.cli.args import positive_int
 from rua_sink.cli.output import Column, emit
 from rua_sink.storage import changes
 from rua_sink.storage.classify import CLASSES
@@ -35,8 +37,6 @@ def cmd_sources(args: argparse.Namespace, out: TextIO) -> int:
     from rua_sink.core.names import domain as a_label  # noqa: PLC0415
     from rua_sink.storage.classify import sources  # noqa: PLC0415
 
-    if args.days <= 0:
-        raise SystemExit("rua-sink: --days must be positive")
     until = args.until or datetime.now(UTC)
     since = args.since or until - timedelta(days=args.days)
     name = a_label(args.domain) or args.domain
@@ -136,10 +136,9 @@ def change_rows(
 def cmd_changes(args: argparse.Namespace, out: TextIO) -> int:
     from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
 
-    if args.days <= 0:
-        raise SystemExit("rua-sink: --days must be positive")
-    if not 0 <= args.threshold < 1:
-        raise SystemExit("rua-sink: --threshold is a ratio, from 0 to 1 (0.1: 10 points)")
+    if not 0 <= args.threshold < 1:  # a usage error: exit status 2, as argparse's
+        print("rua-sink: --threshold is a ratio, from 0 to 1 (0.1: 10 points)", file=sys.stderr)
+        return 2
 
     async def run() -> list[dict[str, Any]]:
         async with (
@@ -172,7 +171,7 @@ def add_sources(sub: Any) -> None:
         "DMARC results and class (authorized, forwarded, misconfigured, suspicious)",
     )
     p.add_argument("domain", metavar="DOMAIN")
-    p.add_argument("--days", type=int, default=30, help="the last N days (default 30)")
+    p.add_argument("--days", type=positive_int, default=30, help="the last N days (default 30)")
     p.add_argument("--since", type=day_argument, metavar="YYYY-MM-DD", help="instead of --days")
     p.add_argument("--until", type=day_argument, metavar="YYYY-MM-DD", help="end (default: now)")
     p.add_argument(
@@ -190,7 +189,7 @@ def add_changes(sub: Any) -> None:
     )
     p.add_argument(
         "--days",
-        type=int,
+        type=positive_int,
         default=1,
         help="new sources and services of the last N days (default 1)",
     )

@@ -7,40 +7,11 @@ import argparse
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from rua_sink.cli.args import day, positive_int
 from rua_sink.core.names import domain as a_label
 
 #: Before any report: the start of ``--all``.
 BEGINNING = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def day(text: str) -> datetime:
-    """A date (or an ISO 8601 time), in UTC unless it says otherwise."""
-    try:
-        when = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD): {text!r}") from exc
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
-
-
-def positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a positive whole number: {text!r}")
-    return value
-
-
-def count(text: str) -> int:
-    """A whole number, 0 or more."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"not a whole number, 0 or more: {text!r}")
-    return value
 
 
 def add_window(p: Any, *, default_days: int | None) -> None:
@@ -51,7 +22,7 @@ def add_window(p: Any, *, default_days: int | None) -> None:
     else:
         days_help = f"reports of the last N days (default {default_days})"
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--days", type=positive, metavar="N", help=days_help)
+    group.add_argument("--days", type=positive_int, metavar="N", help=days_help)
     group.add_argument(
         "--since", type=day, metavar="YYYY-MM-DD", help="reports from this day on (UTC)"
     )
