@@ -135,6 +135,7 @@ def test_csv_holds_every_record(stored: tuple[str, Parsed]) -> None:
     assert Counter(
         (row["domain"], row["source_ip_address"], int(row["count"])) for row in rows
     ) == records(ref)
+    assert all(row["source_ip"] == row["source_ip_address"] for row in rows)
     by_report = {
         (head.metadata.report_id, a_label(head.policy.domain)): (head, recs)
         for head, recs in ref.aggregates
