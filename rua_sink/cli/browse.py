@@ -237,7 +237,7 @@ def cmd_report(args: argparse.Namespace, out: TextIO) -> int:
 
     try:
         since, until = window(args, datetime.now(UTC))
-    except argparse.ArgumentTypeError as exc:
+    except argparse.ArgumentTypeError as exc:  # a usage error, as argparse's
         print(f"rua-sink: {exc}", file=sys.stderr)
         return 2
 
@@ -279,11 +279,9 @@ def add_raw(sub: Any) -> None:
     p.set_defaults(func=cmd_raw)
 
 
-def add_report(sub: Any) -> None:
-    p = sub.add_parser(
-        "report", help="what the stored reports say about a domain: volume, pass rate, sources"
-    )
-    p.add_argument("domain", type=domain_name, metavar="DOMAIN")
+def add_domain_window(p: Any) -> None:
+    """``--days``, ``--since`` and ``--until`` of a command about one domain's reports
+    (``report``, ``sources``), read by ``window``."""
     p.add_argument(
         "--days",
         type=positive_int,
@@ -299,6 +297,14 @@ def add_report(sub: Any) -> None:
         metavar="YYYY-MM-DD",
         help="the window's end, not included (default: now)",
     )
+
+
+def add_report(sub: Any) -> None:
+    p = sub.add_parser(
+        "report", help="what the stored reports say about a domain: volume, pass rate, sources"
+    )
+    p.add_argument("domain", type=domain_name, metavar="DOMAIN")
+    add_domain_window(p)
     p.add_argument("--top", type=positive_int, default=10, help="sources listed (default 10)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=cmd_report)

@@ -10,8 +10,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Any, TextIO
 
-from rua_sink.cli.args import day as day_argument
-from rua_sink.cli.args import positive_int
+from rua_sink.cli.args import domain_name, positive_int
+from rua_sink.cli.browse import add_domain_window, window
 from rua_sink.cli.output import Column, emit
 from rua_sink.storage import changes
 from rua_sink.storage.classify import CLASSES
@@ -34,12 +34,14 @@ _SOURCE_COLUMNS = (
 
 def cmd_sources(args: argparse.Namespace, out: TextIO) -> int:
     from rua_sink.app import open_store  # noqa: PLC0415 - see main's docstring
-    from rua_sink.core.names import domain as a_label  # noqa: PLC0415
     from rua_sink.storage.classify import sources  # noqa: PLC0415
 
-    until = args.until or datetime.now(UTC)
-    since = args.since or until - timedelta(days=args.days)
-    name = a_label(args.domain) or args.domain
+    try:
+        since, until = window(args, datetime.now(UTC))
+    except argparse.ArgumentTypeError as exc:  # a usage error, as argparse's
+        print(f"rua-sink: {exc}", file=sys.stderr)
+        return 2
+    name = args.domain
 
     async def run() -> list[dict[str, Any]]:
         async with (
@@ -170,10 +172,8 @@ def add_sources(sub: Any) -> None:
         help="who sends as a domain: each source address, its name, service, network, "
         "DMARC results and class (authorized, forwarded, misconfigured, suspicious)",
     )
-    p.add_argument("domain", metavar="DOMAIN")
-    p.add_argument("--days", type=positive_int, default=30, help="the last N days (default 30)")
-    p.add_argument("--since", type=day_argument, metavar="YYYY-MM-DD", help="instead of --days")
-    p.add_argument("--until", type=day_argument, metavar="YYYY-MM-DD", help="end (default: now)")
+    p.add_argument("domain", type=domain_name, metavar="DOMAIN")
+    add_domain_window(p)
     p.add_argument(
         "--failing", action="store_true", help="only sources with failing messages, most first"
     )
